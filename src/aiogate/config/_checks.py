@@ -1,0 +1,163 @@
+"""Checks that span sections: references between routes, upstreams, auth and redis.
+
+They run on validated models, so each check sees normalised values (upper-cased methods,
+parsed paths) and never has to second-guess YAML types.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ._auth import AuthConfig
+from ._route import RouteConfig
+from ._upstream import UpstreamConfig
+
+if TYPE_CHECKING:
+    from .model import RedisConfig
+
+__all__ = ["Path", "PathIssue", "Sections", "format_path", "reference_issues"]
+
+Path = tuple[str | int, ...]
+PathIssue = tuple[Path, str]
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_\-]+")
+_PARAM = re.compile(r"\{(\*?)[^{}]*\}")
+
+
+def format_path(path: Path) -> str:
+    """``("routes", 0, "upstream")`` -> ``routes[0].upstream``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _PLAIN_KEY.fullmatch(part):
+            out += f".{part}" if out else part
+        else:
+            out += f'["{part}"]'
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Sections:
+    """Which optional sections a config has: all that references to them need to know."""
+
+    jwt: bool
+    api_key: bool
+    api_key_in_redis: bool
+    redis: bool
+
+    @classmethod
+    def of(cls, auth: AuthConfig, redis: RedisConfig | None) -> Sections:
+        return cls(
+            jwt=auth.jwt is not None,
+            api_key=auth.api_key is not None,
+            api_key_in_redis=auth.api_key is not None and auth.api_key.store == "redis",
+            redis=redis is not None,
+        )
+
+
+def reference_issues(
+    upstreams: Sequence[tuple[int, UpstreamConfig]],
+    routes: Sequence[tuple[int, RouteConfig]],
+    sections: Sections,
+    *,
+    upstream_names: Sequence[tuple[int, str]] | None = None,
+) -> list[PathIssue]:
+    """Every cross-section problem, as (path, message).
+
+    ``upstreams``/``routes`` carry their index in the file because the loader may pass only the
+    items that validated. ``upstream_names`` (index, name) overrides the upstream names: the
+    loader includes upstreams that failed validation, so a route is not blamed for its
+    upstream's typo and a duplicate name is found even next to a broken upstream.
+    """
+    if upstream_names is None:
+        upstream_names = [(index, upstream.name) for index, upstream in upstreams]
+    issues: list[PathIssue] = []
+    first_upstream: dict[str, int] = {}
+    for index, name in upstream_names:
+        first = first_upstream.setdefault(name, index)
+        if first != index:
+            issues.append(
+                (
+                    ("upstreams", index, "name"),
+                    f"duplicate upstream name '{name}' (also upstreams[{first}])",
+                )
+            )
+    names = list(first_upstream)
+    for index, route in routes:
+        if route.upstream not in names:
+            known = f"known: {', '.join(names)}" if names else "no upstreams are defined"
+            issues.append(
+                (("routes", index, "upstream"), f"unknown upstream '{route.upstream}' ({known})")
+            )
+    issues += _route_overlaps(routes)
+    issues += _auth_references(routes, sections)
+    return issues
+
+
+def _route_overlaps(routes: Sequence[tuple[int, RouteConfig]]) -> list[PathIssue]:
+    issues: list[PathIssue] = []
+    # Parameter names do not change what a path matches: /a/{id} and /a/{key} collide.
+    shapes: dict[str, list[tuple[int, RouteConfig]]] = {}
+    names: dict[str, int] = {}
+    for index, route in routes:
+        shape = _PARAM.sub(lambda m: "{" + m.group(1) + "}", route.path)
+        for other_index, other in shapes.get(shape, ()):
+            common = _common_methods(route.methods, other.methods)
+            if common:
+                issues.append(
+                    (
+                        ("routes", index, "path"),
+                        f"duplicate route: {route.path} {common} is already served by "
+                        f"routes[{other_index}]",
+                    )
+                )
+                break
+        shapes.setdefault(shape, []).append((index, route))
+        if route.name is not None:
+            first = names.setdefault(route.name, index)
+            if first != index:
+                issues.append(
+                    (
+                        ("routes", index, "name"),
+                        f"duplicate route name '{route.name}' (also routes[{first}])",
+                    )
+                )
+    return issues
+
+
+def _common_methods(a: tuple[str, ...] | None, b: tuple[str, ...] | None) -> str:
+    """The methods two routes both serve, as text; empty when they are disjoint."""
+    if a is None and b is None:
+        return "(every method)"
+    if a is None or b is None:
+        return ",".join(b or a or ())
+    return ",".join(method for method in a if method in b)
+
+
+def _auth_references(
+    routes: Sequence[tuple[int, RouteConfig]], sections: Sections
+) -> list[PathIssue]:
+    issues: list[PathIssue] = []
+    for index, route in routes:
+        if route.auth is None:
+            continue
+        if "jwt" in route.auth.types and not sections.jwt:
+            issues.append(
+                (("routes", index, "auth", "type"), "type 'jwt' needs 'auth.jwt' to be configured")
+            )
+        if "api_key" in route.auth.types and not sections.api_key:
+            issues.append(
+                (
+                    ("routes", index, "auth", "type"),
+                    "type 'api_key' needs 'auth.api_key' to be configured",
+                )
+            )
+    if sections.api_key_in_redis and not sections.redis:
+        issues.append(
+            (("auth", "api_key", "store"), "store 'redis' needs a top-level 'redis' section")
+        )
+    return issues

@@ -1,0 +1,182 @@
+"""Load a config file: YAML with marks -> ${env:} substitution -> pydantic models.
+
+Every problem found is reported, each at the line and column of the offending key or value,
+in one :class:`ConfigError`; a config either loads completely or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from ._checks import Path, PathIssue, Sections, format_path, reference_issues
+from ._messages import error_at, error_message
+from ._route import RouteConfig
+from ._upstream import UpstreamConfig
+from ._yaml import Document, Position, read_document
+from .errors import ConfigError, ConfigIssue
+from .model import SKIP_REFERENCE_CHECKS, GatewayConfig
+
+__all__ = ["load_config"]
+
+_CONTEXT = {SKIP_REFERENCE_CHECKS: True}
+# Keys the YAML may spell differently from the model's field name.
+_SPELLINGS = {"upstream": "upstreams", "types": "type"}
+
+
+def load_config(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+) -> GatewayConfig:
+    """Read, substitute, validate; raise ConfigError listing every issue found."""
+    file = os.fspath(path)
+    doc = read_document(file, os.environ if env is None else env)
+    if not isinstance(doc.data, dict):
+        what = "the config file is empty" if doc.data is None else "the top level is not a mapping"
+        hint = "expected a mapping of sections such as server, upstreams and routes"
+        position = doc.values[()]
+        raise ConfigError([ConfigIssue(file, position.line, position.col, f"{what}; {hint}")])
+
+    # (path, message, point at the key rather than the value)
+    found: list[tuple[Path, str, bool]] = [(path, msg, False) for path, msg in doc.issues]
+    config: GatewayConfig | None = None
+    try:
+        config = GatewayConfig.model_validate(doc.data, context=_CONTEXT)
+    except ValidationError as exc:
+        found += _validation_issues(doc.data, exc)
+    for where, message in _references(doc.data, config):
+        found.append((_resolve(doc.data, where)[0], message, False))
+
+    # A value whose env reference failed holds the raw `${env:X}` text; any complaint about
+    # that text (invalid size, unknown upstream ...) would be noise on top of the real issue.
+    unresolved = [path for path, _ in doc.issues]
+    issues = {
+        _issue(file, doc, path, message, at_key)
+        for path, message, at_key in found
+        if (path, message) in doc.issues or not any(path[: len(u)] == u for u in unresolved)
+    }
+    if issues:
+        raise ConfigError(sorted(issues, key=lambda i: (i.line, i.col, i.message)))
+    assert config is not None  # no issues means validation succeeded
+    return config
+
+
+def _validation_issues(data: dict[str, Any], exc: ValidationError) -> list[tuple[Path, str, bool]]:
+    resolved = [(error, *_resolve(data, error_at(error))) for error in exc.errors()]
+    failed = [path for _, path, _ in resolved]
+    found: list[tuple[Path, str, bool]] = []
+    for error, path, at_key in resolved:
+        kind = error["type"]
+        # pydantic counts a list's length after dropping its invalid items; with `backends`
+        # holding one bad entry, "must have at least 1 item" would be false.
+        if kind == "too_short" and any(
+            len(p) > len(path) and p[: len(path)] == path for p in failed
+        ):
+            continue
+        message = error_message(error)
+        if kind == "extra_forbidden" and path[-1:] == ("upstreams",) and len(path) > 1:
+            parent = _lookup(data, path[:-1])
+            if isinstance(parent, dict) and "upstream" in parent:
+                message = "give either 'upstream' or 'upstreams', not both"
+        found.append((path, message, at_key or kind == "extra_forbidden"))
+    return found
+
+
+def _references(data: dict[str, Any], config: GatewayConfig | None) -> list[PathIssue]:
+    """Cross-section checks, on the whole config or, if it failed, on the parts that passed."""
+    if config is not None:
+        return reference_issues(
+            list(enumerate(config.upstreams)),
+            list(enumerate(config.routes)),
+            Sections.of(config.auth, config.redis),
+        )
+    raw_upstreams = _items(data.get("upstreams"))
+    names = [
+        (index, item["name"])
+        for index, item in enumerate(raw_upstreams)
+        if isinstance(item, dict) and isinstance(item.get("name"), str)
+    ]
+    # Judged from the raw data: a typo inside `auth.jwt` must not also blame every jwt route.
+    auth = data.get("auth")
+    auth = auth if isinstance(auth, dict) else {}
+    api_key = auth.get("api_key")
+    sections = Sections(
+        jwt=auth.get("jwt") is not None,
+        api_key=api_key is not None,
+        api_key_in_redis=isinstance(api_key, dict) and api_key.get("store") == "redis",
+        redis=data.get("redis") is not None,
+    )
+    return reference_issues(
+        _valid(UpstreamConfig, raw_upstreams),
+        _valid(RouteConfig, _items(data.get("routes"))),
+        sections,
+        upstream_names=names,
+    )
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+_M = TypeVar("_M", UpstreamConfig, RouteConfig)
+
+
+def _valid(model: type[_M], items: list[Any]) -> list[tuple[int, _M]]:
+    valid = []
+    for index, item in enumerate(items):
+        try:
+            valid.append((index, model.model_validate(item, context=_CONTEXT)))
+        except ValidationError:
+            continue  # already reported by the whole-config validation
+    return valid
+
+
+def _resolve(data: Any, loc: tuple[str | int, ...]) -> tuple[Path, bool]:
+    """Map a pydantic location onto the data's own path.
+
+    Union members and validator names appear in pydantic locations but not in the data; they
+    are skipped. A key that is missing from the data is kept, so the message can name it.
+    """
+    path: list[str | int] = []
+    node = data
+    at_key = False
+    for index, part in enumerate(loc):
+        if part == "[key]":
+            at_key = True
+        elif isinstance(node, dict) and isinstance(part, str):
+            key = part if part in node else _SPELLINGS.get(part, part)
+            if key in node:
+                path.append(key)
+                node = node[key]
+            elif index == len(loc) - 1:
+                path.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            path.append(part)
+            node = node[part]
+    return tuple(path), at_key
+
+
+def _issue(file: str, doc: Document, path: Path, message: str, at_key: bool) -> ConfigIssue:
+    text = f"{format_path(path)}: {message}" if path else message
+    position = _position(doc, path, at_key)
+    return ConfigIssue(file, position.line, position.col, text)
+
+
+def _position(doc: Document, path: Path, at_key: bool) -> Position:
+    key, value = doc.keys.get(path), doc.values.get(path)
+    # A block mapping or list starts on the line after its key; the key is where readers look.
+    if key is not None and (at_key or value is None or value.line != key.line):
+        return key
+    for end in range(len(path), -1, -1):
+        position = doc.values.get(path[:end])
+        if position is not None:
+            return position
+    return Position(1, 1)  # pragma: no cover - the root always has a position
+
+
+def _lookup(data: Any, path: Path) -> Any:
+    for part in path:
+        data = data[part]
+    return data

@@ -1,0 +1,205 @@
+"""The validated, immutable gateway configuration.
+
+Durations are float seconds and sizes int bytes; nothing downstream sees YAML, dicts of raw
+values, or environment variables. The models live in a few private modules by topic and are
+re-exported here, which is the one import path other code should use.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from ._auth import ApiKeyConfig, ApiKeyEntry, AuthConfig, JwtConfig
+from ._base import Model, describe, fail, one_or_many, split_host_port
+from ._checks import Sections, format_path, reference_issues
+from ._route import (
+    CorsConfig,
+    HeaderTransform,
+    RouteAuth,
+    RouteConfig,
+    RouteRateLimit,
+    Transformations,
+    check_dimension,
+)
+from ._upstream import (
+    BackendConfig,
+    CircuitBreakerConfig,
+    HealthCheckConfig,
+    RetriesConfig,
+    UpstreamConfig,
+)
+from .units import Duration, Size
+
+__all__ = [
+    "AdminConfig",
+    "ApiKeyConfig",
+    "ApiKeyEntry",
+    "AuthConfig",
+    "BackendConfig",
+    "CircuitBreakerConfig",
+    "CorsConfig",
+    "GatewayConfig",
+    "HeaderTransform",
+    "HealthCheckConfig",
+    "JwtConfig",
+    "LogLevel",
+    "LoggingConfig",
+    "RateLimitRule",
+    "RedisConfig",
+    "RetriesConfig",
+    "RouteAuth",
+    "RouteConfig",
+    "RouteRateLimit",
+    "ServerConfig",
+    "Transformations",
+    "UpstreamConfig",
+]
+
+# Set by the loader, which runs the cross-section checks itself so it can report all of them
+# with positions even when other sections failed to validate.
+SKIP_REFERENCE_CHECKS = "aiogate.skip_reference_checks"
+
+
+def _listen(value: str) -> str:
+    try:
+        split_host_port(value)
+    except ValueError as exc:
+        fail(str(exc))
+    return value
+
+
+def _network(value: Any) -> Any:
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if not isinstance(value, str):
+        fail(f"expected a CIDR or an IP address, got {describe(value)}")
+    try:
+        # strict: `10.0.0.1/8` is more likely a typo than a wish for 10.0.0.0/8.
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        fail(f"invalid CIDR or IP address: {exc}")
+
+
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
+ListenAddress = Annotated[str, AfterValidator(_listen)]
+
+
+class ServerConfig(Model):
+    listen: ListenAddress = "0.0.0.0:8080"
+    workers: int = Field(default=1, ge=1)
+    max_body_size: Annotated[Size, Field(ge=0)] = 10 * 1024 * 1024
+    header_timeout: Annotated[Duration, Field(gt=0)] = 10.0
+    idle_timeout: Annotated[Duration, Field(gt=0)] = 75.0
+    trusted_proxies: Annotated[tuple[Network, ...], BeforeValidator(one_or_many)] = ()
+    shutdown_timeout: Annotated[Duration, Field(ge=0)] = 30.0
+    max_header_size: Annotated[Size, Field(gt=0)] = 8 * 1024
+    max_headers: int = Field(default=100, gt=0)
+
+    @property
+    def host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+
+class AdminConfig(Model):
+    listen: ListenAddress = "127.0.0.1:9901"
+    token: SecretStr | None = None
+
+    @field_validator("token", mode="before")
+    @classmethod
+    def _empty_is_off(cls, value: Any) -> Any:
+        # `token: ${env:AIOGATE_ADMIN_TOKEN:-}` must be able to switch the admin API off.
+        return None if value == "" else value
+
+    @property
+    def host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)]
+
+
+class LoggingConfig(Model):
+    level: LogLevel = "info"
+    format: Literal["json", "console"] = "json"
+    levels: Mapping[str, LogLevel] = Field(default_factory=dict)
+    access_log: bool = True
+
+
+class RedisConfig(Model):
+    url: str
+    timeout: Annotated[Duration, Field(gt=0)] = 0.25
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            fail("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class RateLimitRule(Model):
+    dimension: str
+    limit: int = Field(gt=0)
+    window: Annotated[Duration, Field(gt=0)]
+
+    @field_validator("dimension")
+    @classmethod
+    def _dimension(cls, value: str) -> str:
+        return check_dimension(value)
+
+
+class GatewayConfig(Model):
+    server: ServerConfig = ServerConfig()
+    admin: AdminConfig = AdminConfig()
+    logging: LoggingConfig = LoggingConfig()
+    redis: RedisConfig | None = None
+    auth: AuthConfig = AuthConfig()
+    rate_limits: tuple[RateLimitRule, ...] = ()
+    circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    routes: tuple[RouteConfig, ...] = ()
+
+    _upstreams_by_name: dict[str, UpstreamConfig] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references(self, info: ValidationInfo) -> GatewayConfig:
+        self._upstreams_by_name = {upstream.name: upstream for upstream in self.upstreams}
+        if info.context and info.context.get(SKIP_REFERENCE_CHECKS):
+            return self
+        issues = reference_issues(
+            list(enumerate(self.upstreams)),
+            list(enumerate(self.routes)),
+            Sections.of(self.auth, self.redis),
+        )
+        if issues:
+            fail("; ".join(f"{format_path(path)}: {message}" for path, message in issues))
+        return self
+
+    def upstream_by_name(self, name: str) -> UpstreamConfig:
+        """The upstream called ``name``; KeyError if there is none."""
+        return self._upstreams_by_name[name]
