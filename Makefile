@@ -1,0 +1,67 @@
+# aiogate — the commands a contributor and CI need. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+# Debian packages the test suite and the benchmark use as real peers.
+TEST_DEBS := redis-server etcd-server
+BENCH_DEBS := wrk nginx-light
+
+.PHONY: help venv system-deps run test lint format typecheck bench clean
+
+help:
+	@echo "make run        gateway on :8080 with etc/aiogate.yaml and two demo backends"
+	@echo "make test       create .venv, install everything, run the whole suite with coverage"
+	@echo "make lint       ruff check + format check"
+	@echo "make typecheck  mypy --strict on src/"
+	@echo "make bench      wrk: aiogate vs nginx vs a minimal aiohttp proxy vs direct"
+
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Installs missing Debian packages when run as root; otherwise names the one command to run.
+define ensure_debs
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else \
+	    echo "missing Debian packages:$$missing"; \
+	    echo "run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+endef
+
+system-deps:
+	$(call ensure_debs,$(TEST_DEBS))
+
+run: venv
+	deploy/demo/run.sh etc/aiogate.yaml
+
+test: venv system-deps
+	$(BIN)/pytest --cov=aiogate --cov-report=term --cov-fail-under=80 $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check src tests bench deploy
+	$(BIN)/ruff format --check src tests bench deploy
+
+format: venv
+	$(BIN)/ruff format src tests bench deploy
+	$(BIN)/ruff check --fix src tests bench deploy
+
+typecheck: venv
+	$(BIN)/mypy
+
+bench: venv
+	$(call ensure_debs,$(BENCH_DEBS))
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+clean:
+	rm -rf build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov

@@ -1,0 +1,73 @@
+"""Command line: `aiogate run | check | --version`. Parsing and dispatch only."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, GatewayConfig, load_config
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aiogate", description="An API gateway daemon.")
+    parser.add_argument("--version", action="version", version=f"aiogate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="run the gateway in the foreground")
+    run.add_argument("-c", "--config", required=True, type=Path, metavar="PATH")
+    check = commands.add_parser("check", help="validate a config file and print every error")
+    check.add_argument("-c", "--config", required=True, type=Path, metavar="PATH")
+    return parser
+
+
+def _load(path: Path) -> GatewayConfig | None:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(issue, file=sys.stderr)
+        return None
+
+
+def _check(path: Path) -> int:
+    config = _load(path)
+    if config is None:
+        return 1
+    print(f"{path}: OK ({len(config.routes)} routes, {len(config.upstreams)} upstreams)")
+    return 0
+
+
+def _run(path: Path) -> int:
+    import uvloop
+
+    from .supervisor import WORKER_ENV
+
+    config = _load(path)
+    if config is None:
+        return 1
+    is_worker = WORKER_ENV in os.environ
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        if config.server.workers > 1 and not is_worker:
+            from .supervisor import Supervisor
+
+            return runner.run(Supervisor(path, config).run())
+        from .daemon import Daemon
+
+        try:
+            return runner.run(Daemon(path, config, worker=is_worker).run())
+        except OSError as exc:  # e.g. the port is taken: a clear line, not a traceback
+            print(f"aiogate: cannot start: {exc}", file=sys.stderr)
+            return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        return _check(args.config)
+    return _run(args.config)

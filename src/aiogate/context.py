@@ -1,0 +1,42 @@
+"""Per-request state: one typed, slotted object instead of string-keyed dicts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from .runtime_types import CompiledRoute
+
+__all__ = ["RequestContext"]
+
+_NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(slots=True, eq=False)
+class RequestContext:
+    request: web.BaseRequest
+    request_id: str
+    method: str
+    #: Normalised path: what was routed is exactly what is forwarded.
+    path: str
+    #: Raw query string without the '?', forwarded verbatim ("" when absent).
+    query: str
+    client_ip: str
+    #: The X-Forwarded-For value to send upstream (the peer appended to a trusted chain).
+    forwarded_for: str
+    started: float
+    route: CompiledRoute | None = None
+    params: Mapping[str, str] = field(default_factory=lambda: _NO_PARAMS)
+    upstream: str = ""
+    backend: str = ""
+    #: Who the auth stage recognised (consumer name or JWT subject), for limits and logs.
+    consumer: str | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    #: Headers a stage wants on the response, whoever writes it (proxy or error renderer).
+    response_headers: list[tuple[str, str]] = field(default_factory=list)

@@ -1,0 +1,143 @@
+"""The serving process: listeners, signals, readiness, graceful shutdown.
+
+One process serves when `server.workers` is 1. With more, a supervisor (`supervisor.py`) runs the
+admin listener and N worker processes that each run this daemon in worker mode and share the
+proxy port through SO_REUSEPORT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from pathlib import Path
+
+from aiohttp import web
+
+from . import log, sdnotify
+from .admin import ReloadOutcome, make_admin_app
+from .config import GatewayConfig
+from .reload import Reloader, configure_logging
+from .runtime import Runtime, RuntimeHolder
+from .server import GatewayServer
+
+__all__ = ["Daemon", "bind_socket"]
+
+
+def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A listening TCP socket; bound here so a bad address fails before anything else starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+class Daemon:
+    """Serves one config until told to stop.
+
+    `worker=True`: no admin listener, the supervising parent has it.
+    """
+
+    def __init__(self, config_path: Path, config: GatewayConfig, *, worker: bool = False) -> None:
+        self._path = config_path
+        self._initial = config
+        self._worker = worker
+        self._stop = asyncio.Event()
+        self._ready = False
+        self._draining = False
+        self._holder: RuntimeHolder | None = None
+        self._reloader: Reloader | None = None
+        self._tasks: set[asyncio.Task[object]] = set()
+
+    # -- AdminController -------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._ready
+
+    @property
+    def draining(self) -> bool:
+        return self._draining
+
+    @property
+    def config(self) -> GatewayConfig:
+        assert self._holder is not None
+        return self._holder.current.config
+
+    async def reload(self) -> ReloadOutcome:
+        assert self._reloader is not None
+        sdnotify.reloading()
+        try:
+            return await self._reloader.reload()
+        finally:
+            sdnotify.ready()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> int:
+        config = self._initial
+        configure_logging(config)
+        logger = log.get_logger("aiogate.daemon")
+        runtime = Runtime(config)
+        await runtime.start()
+        holder = self._holder = RuntimeHolder(runtime)
+        self._reloader = Reloader(self._path, holder)
+        gateway = GatewayServer(holder)
+        low_level = gateway.make_server()
+        loop = asyncio.get_running_loop()
+        listen = config.server
+        proxy_socket = bind_socket(listen.host, listen.port, reuse_port=listen.workers > 1)
+        proxy = await loop.create_server(low_level, sock=proxy_socket)
+        admin_runner: web.AppRunner | None = None
+        if not self._worker:
+            admin_runner = web.AppRunner(make_admin_app(self), access_log=None)
+            await admin_runner.setup()
+            await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
+        self._install_signals(loop)
+        self._ready = True
+        logger.info(
+            log.STARTED,
+            listen=listen.listen,
+            admin=None if self._worker else config.admin.listen,
+            pid=os.getpid(),
+            worker=self._worker,
+            routes=len(config.routes),
+        )
+        sdnotify.ready()
+        await self._stop.wait()
+
+        # Graceful shutdown: stop accepting, report not-ready, let in-flight requests finish.
+        self._draining = True
+        sdnotify.stopping()
+        timeout = holder.current.config.server.shutdown_timeout
+        logger.info(log.SHUTDOWN_STARTED, in_flight=holder.current.in_flight, timeout=timeout)
+        proxy.close()
+        low_level.pre_shutdown()
+        await low_level.shutdown(timeout)
+        await self._reloader.close()
+        await holder.current.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if admin_runner is not None:
+            await admin_runner.cleanup()
+        logger.info(log.SHUTDOWN_COMPLETE)
+        log.flush()
+        return 0
+
+    def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+
+    def _on_sighup(self) -> None:
+        task: asyncio.Task[object] = asyncio.create_task(self.reload(), name="sighup-reload")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,228 @@
+"""Structured logging: structlog JSON lines on stdout, buffered.
+
+Writing and flushing one line per request costs ~8 µs here, so lines go into an in-memory
+buffer that is flushed on a short timer, when it grows large, and at shutdown. The access line
+(one per request) skips structlog's processor chain and is serialised directly with orjson: it
+is the hottest log call by far and its shape is fixed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final, TextIO
+
+import orjson
+import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+__all__ = [
+    "ACCESS_LOGGER",
+    "BACKEND_ERROR",
+    "CONFIG_REJECTED",
+    "CONFIG_RELOADED",
+    "INTERNAL_ERROR",
+    "LISTENING",
+    "REQUEST",
+    "SHUTDOWN_COMPLETE",
+    "SHUTDOWN_STARTED",
+    "STARTED",
+    "WORKER_EXITED",
+    "WORKER_STARTED",
+    "BufferedSink",
+    "access",
+    "configure",
+    "flush",
+    "get_logger",
+]
+
+# Event names: every state change is a named event (DESIGN.md, house style 10).
+REQUEST: Final = "request"
+CONFIG_RELOADED: Final = "config_reloaded"
+CONFIG_REJECTED: Final = "config_rejected"
+STARTED: Final = "gateway_started"
+LISTENING: Final = "listening"
+SHUTDOWN_STARTED: Final = "shutdown_started"
+SHUTDOWN_COMPLETE: Final = "shutdown_complete"
+WORKER_STARTED: Final = "worker_started"
+WORKER_EXITED: Final = "worker_exited"
+BACKEND_ERROR: Final = "upstream_error"
+INTERNAL_ERROR: Final = "internal_error"
+
+ACCESS_LOGGER: Final = "aiogate.access"
+
+_LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+_FLUSH_INTERVAL: Final = 0.1
+_FLUSH_SIZE: Final = 64 * 1024
+
+
+class BufferedSink:
+    """Collects encoded lines and writes them to a file descriptor in batches.
+
+    A flush is scheduled on the running loop when the first line lands in an empty buffer; with
+    no loop (the CLI, or after shutdown) every line is written through at once.
+    """
+
+    __slots__ = ("_buffer", "_fd", "_scheduled")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._buffer = bytearray()
+        self._scheduled = False
+
+    def write(self, line: bytes) -> None:
+        buffer = self._buffer
+        buffer += line
+        buffer += b"\n"
+        if len(buffer) >= _FLUSH_SIZE:
+            self.flush()
+        elif not self._scheduled:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self.flush()
+                return
+            self._scheduled = True
+            loop.call_later(_FLUSH_INTERVAL, self.flush)
+
+    def flush(self) -> None:
+        self._scheduled = False
+        buffer = self._buffer
+        if not buffer:
+            return
+        view = memoryview(buffer)
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+        except BlockingIOError:
+            # stdout is a non-blocking pipe whose reader is slow: keep the rest for later
+            # rather than spin; the next flush retries.
+            del buffer[: len(buffer) - len(view)]
+            view.release()
+            return
+        except OSError:
+            pass  # stdout is gone (reader closed): logging must never take the gateway down
+        view.release()
+        buffer.clear()
+
+
+class _SinkLogger:
+    """structlog's wrapped logger: hands rendered lines to the sink."""
+
+    __slots__ = ("_sink",)
+
+    def __init__(self, sink: BufferedSink) -> None:
+        self._sink = sink
+
+    def msg(self, message: str | bytes) -> None:
+        self._sink.write(message if isinstance(message, bytes) else message.encode())
+
+    debug = info = warning = warn = error = critical = exception = log = msg
+
+
+class _State:
+    sink: BufferedSink = BufferedSink(1)
+    level: int = _LEVELS["info"]
+    levels: Mapping[str, int] = {}
+    json: bool = True
+    access_enabled: bool = True
+    processors: ClassVar[list[Processor]] = []
+    cache: ClassVar[dict[str, Any]] = {}
+    ts_second: int = -1
+    ts_prefix: str = ""
+
+
+def _timestamp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    event_dict["timestamp"] = _now_iso()
+    return event_dict
+
+
+def _now_iso() -> str:
+    """ISO-8601 UTC with milliseconds; the date part is cached per second (hot path)."""
+    now = time.time()
+    second = int(now)
+    if second != _State.ts_second:
+        _State.ts_second = second
+        _State.ts_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    return f"{_State.ts_prefix}.{int((now - second) * 1000):03d}Z"
+
+
+def _level_for(name: str) -> int:
+    """The most specific configured level: `aiogate.proxy` inherits from `aiogate`."""
+    levels = _State.levels
+    probe = name
+    while probe:
+        if probe in levels:
+            return levels[probe]
+        probe = probe.rpartition(".")[0]
+    return _State.level
+
+
+def configure(
+    *,
+    level: str = "info",
+    fmt: str = "json",
+    levels: Mapping[str, str] | None = None,
+    access_log: bool = True,
+    stream: TextIO | None = None,
+) -> None:
+    """(Re)configure logging; safe to call on every reload."""
+    previous = _State.sink
+    previous.flush()
+    out = stream if stream is not None else sys.stdout
+    _State.sink = BufferedSink(out.fileno())
+    _State.level = _LEVELS[level]
+    _State.levels = {name: _LEVELS[lvl] for name, lvl in (levels or {}).items()}
+    _State.json = fmt == "json"
+    _State.access_enabled = access_log and _level_for(ACCESS_LOGGER) <= _LEVELS["info"]
+    renderer: Processor
+    if _State.json:
+        renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
+    else:
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+    _State.processors = [
+        structlog.processors.add_log_level,
+        _timestamp,
+        structlog.processors.format_exc_info,
+        renderer,
+    ]
+    _State.cache = {}
+
+
+def get_logger(name: str) -> Any:
+    """A bound logger for `name`, filtered at that name's configured level.
+
+    Typed `Any` because structlog's filtering loggers are generated classes; call it where the
+    line is logged (cheap: cached) so a reload's new levels apply at once.
+    """
+    logger = _State.cache.get(name)
+    if logger is None:
+        logger = structlog.wrap_logger(
+            _SinkLogger(_State.sink),
+            processors=_State.processors,
+            wrapper_class=structlog.make_filtering_bound_logger(_level_for(name)),
+        ).bind(logger=name)
+        _State.cache[name] = logger
+    return logger
+
+
+def access(fields: dict[str, Any]) -> None:
+    """Write one access line (`event: request`). `fields` is consumed."""
+    if not _State.access_enabled:
+        return
+    if _State.json:
+        fields["event"] = REQUEST
+        fields["level"] = "info"
+        fields["logger"] = ACCESS_LOGGER
+        fields["timestamp"] = _now_iso()
+        _State.sink.write(orjson.dumps(fields))
+    else:
+        get_logger(ACCESS_LOGGER).info(REQUEST, **fields)
+
+
+def flush() -> None:
+    _State.sink.flush()

@@ -1,0 +1,111 @@
+"""load -> validate -> build Runtime -> swap -> drain and close the old one.
+
+An invalid file never replaces a valid one: any failure before the swap leaves the running
+Runtime untouched and is reported as a `config_rejected` event with every error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from . import log
+from .admin import ReloadOutcome
+from .config import ConfigError, GatewayConfig, load_config
+from .metrics import CONFIG_RELOADS
+from .runtime import Runtime, RuntimeHolder
+
+__all__ = ["Reloader", "configure_logging", "restart_only_changes"]
+
+
+def configure_logging(config: GatewayConfig) -> None:
+    cfg = config.logging
+    log.configure(level=cfg.level, fmt=cfg.format, levels=cfg.levels, access_log=cfg.access_log)
+
+
+def restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
+    """Settings bound to sockets or processes: a reload cannot apply them."""
+    keys = []
+    if old.server.listen != new.server.listen:
+        keys.append("server.listen")
+    if old.server.workers != new.server.workers:
+        keys.append("server.workers")
+    if old.server.max_header_size != new.server.max_header_size:
+        keys.append("server.max_header_size")
+    if old.server.max_headers != new.server.max_headers:
+        keys.append("server.max_headers")
+    if old.server.idle_timeout != new.server.idle_timeout:
+        keys.append("server.idle_timeout")
+    if old.admin.listen != new.admin.listen:
+        keys.append("admin.listen")
+    return keys
+
+
+class Reloader:
+    """Serialises reloads and owns the tasks that drain replaced Runtimes."""
+
+    def __init__(self, config_path: Path, holder: RuntimeHolder) -> None:
+        self._path = config_path
+        self._holder = holder
+        self._lock = asyncio.Lock()
+        self._draining: set[asyncio.Task[None]] = set()
+
+    async def reload(self) -> ReloadOutcome:
+        async with self._lock:
+            return await self._reload()
+
+    async def _reload(self) -> ReloadOutcome:
+        old = self._holder.current
+        logger = log.get_logger("aiogate.reload")
+        try:
+            config = await asyncio.to_thread(load_config, self._path)
+        except ConfigError as exc:
+            errors = tuple(str(issue) for issue in exc.issues)
+            return self._rejected(old, errors)
+        try:
+            new = Runtime(config, generation=old.generation + 1)
+            await new.start()
+        except Exception as exc:  # a config that validates but cannot be built
+            return self._rejected(old, (f"{self._path}: {exc}",))
+        self._holder.current = new
+        configure_logging(config)
+        CONFIG_RELOADS.labels("applied").inc()
+        pending = restart_only_changes(old.config, config)
+        log.get_logger("aiogate.reload").info(
+            log.CONFIG_RELOADED,
+            path=str(self._path),
+            generation=new.generation,
+            routes=len(config.routes),
+            upstreams=len(config.upstreams),
+            restart_required=pending,
+        )
+        if pending:
+            logger.warning("config_restart_required", keys=pending)
+        task = asyncio.create_task(self._retire(old), name=f"retire-runtime-{old.generation}")
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+        return ReloadOutcome(True, new.generation)
+
+    def _rejected(self, current: Runtime, errors: tuple[str, ...]) -> ReloadOutcome:
+        CONFIG_RELOADS.labels("rejected").inc()
+        log.get_logger("aiogate.reload").error(
+            log.CONFIG_REJECTED,
+            path=str(self._path),
+            errors=list(errors),
+            generation=current.generation,
+        )
+        return ReloadOutcome(False, current.generation, errors)
+
+    async def _retire(self, old: Runtime) -> None:
+        """Close a replaced Runtime once its in-flight requests have finished."""
+        drained = await old.drain(old.config.server.shutdown_timeout)
+        if not drained:
+            log.get_logger("aiogate.reload").warning(
+                "runtime_drain_timeout", generation=old.generation, in_flight=old.in_flight
+            )
+        await old.close()
+
+    async def close(self) -> None:
+        """Wait for replaced Runtimes to drain (called at shutdown)."""
+        if self._draining:
+            await asyncio.gather(*self._draining, return_exceptions=True)

@@ -1,0 +1,262 @@
+"""The proxy listener: one catch-all handler in front of the current Runtime's chain.
+
+aiohttp's low-level `web.Server` is used instead of an `Application`: there is exactly one
+handler, and the router/middleware machinery of an Application would only add per-request cost
+(and is frozen at startup, so it could not be swapped on reload anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from typing import Any, Final
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+
+from . import log
+from .context import RequestContext
+from .errors import (
+    BadRequest,
+    GatewayError,
+    HeaderFieldsTooLarge,
+    InternalError,
+    error_body,
+    render_error,
+)
+from .metrics import ACTIVE_CONNECTIONS
+from .pathnorm import InvalidPath, normalize_path
+from .runtime import Runtime, RuntimeHolder
+
+__all__ = ["GatewayServer"]
+
+# A client's X-Request-ID is echoed only when it is short and made of safe characters: it lands
+# in logs and upstream headers, so anything else is replaced by a fresh id.
+_REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
+_HEALTHZ_BODY: Final = b'{"status":"ok"}'
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class GatewayServer:
+    """Owns the handler; reads the current Runtime once per request."""
+
+    def __init__(self, holder: RuntimeHolder) -> None:
+        self._holder = holder
+        self._loop = asyncio.get_running_loop()
+
+    def make_server(self) -> web.Server:
+        server = self._holder.current.config.server
+        return _Server(
+            self.handle,
+            holder=self._holder,
+            # Limits of the request head; aiohttp enforces them while parsing.
+            max_line_size=server.max_header_size,
+            max_field_size=server.max_header_size,
+            max_headers=server.max_headers,
+            keepalive_timeout=server.idle_timeout,
+            # The body is relayed byte-exact: never decompress it.
+            auto_decompress=False,
+            access_log=None,
+            lingering_time=2.0,
+        )
+
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.perf_counter()
+        runtime = self._holder.current
+        runtime.enter()
+        try:
+            return await self._handle(request, runtime, started)
+        finally:
+            runtime.leave()
+
+    async def _handle(
+        self, request: web.BaseRequest, runtime: Runtime, started: float
+    ) -> web.StreamResponse:
+        headers = request.headers
+        request_id = headers.get("X-Request-ID")
+        if request_id is None or not _REQUEST_ID.fullmatch(request_id):
+            request_id = new_request_id()
+        method = request.method
+        raw_path, _, query = request.raw_path.partition("?")
+        if method == "GET" and raw_path == "/healthz":
+            return web.Response(
+                body=_HEALTHZ_BODY,
+                content_type="application/json",
+                headers={"X-Request-ID": request_id},
+            )
+        client_ip, forwarded_for = runtime.client_address(request)
+        ctx = RequestContext(
+            request=request,
+            request_id=request_id,
+            method=method,
+            path=raw_path,
+            query=query,
+            client_ip=client_ip,
+            forwarded_for=forwarded_for,
+            started=started,
+        )
+        try:
+            try:
+                ctx.path = normalize_path(_origin_form(raw_path))
+            except InvalidPath as exc:
+                raise BadRequest(f"invalid request path: {exc}") from None
+            response = await runtime.entry(ctx)
+        except GatewayError as err:
+            response = render_error(err, request_id, ctx.response_headers)
+            if err.status in (400, 408, 413):
+                # The rest of the request cannot be trusted (or is not wanted): close.
+                response.force_close()
+        except (ConnectionError, asyncio.CancelledError):
+            # The client went away, or the upstream broke after the response had started;
+            # nothing can be sent any more, only recorded.
+            self._record(runtime, ctx, 499, now=time.perf_counter())
+            raise
+        except Exception:
+            log.get_logger("aiogate.server").exception(
+                log.INTERNAL_ERROR, request_id=request_id, path=ctx.path
+            )
+            response = render_error(InternalError("internal gateway error"), request_id)
+        self._record(runtime, ctx, response.status, now=time.perf_counter())
+        return response
+
+    @staticmethod
+    def _record(runtime: Runtime, ctx: RequestContext, status: int, *, now: float) -> None:
+        duration = now - ctx.started
+        route = ctx.route.label if ctx.route is not None else ""
+        runtime.recorder.request(route, ctx.method, status, duration)
+        log.access(
+            {
+                "request_id": ctx.request_id,
+                "method": ctx.method,
+                "path": ctx.path,
+                "route": route,
+                "status": status,
+                "duration_ms": round(duration * 1000.0, 3),
+                "upstream": ctx.upstream,
+                "backend": ctx.backend,
+                "client_ip": ctx.client_ip,
+                "bytes_in": ctx.bytes_in,
+                "bytes_out": ctx.bytes_out,
+            }
+        )
+
+
+def _origin_form(raw_path: str) -> str:
+    """The path of an absolute-form target (`GET http://host/p`) or the target itself."""
+    if raw_path.startswith("/"):
+        return raw_path
+    scheme, sep, rest = raw_path.partition("://")
+    if sep and scheme.lower() in ("http", "https"):
+        slash = rest.find("/")
+        return rest[slash:] if slash >= 0 else "/"
+    raise InvalidPath("request target must be a path")
+
+
+class _Server(web.Server):
+    """Hands out :class:`_Protocol` connections instead of aiohttp's default handler."""
+
+    def __init__(self, handler: Any, *, holder: RuntimeHolder, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self._holder = holder
+
+    def __call__(self) -> RequestHandler:
+        return _Protocol(self, holder=self._holder, loop=self._loop, **self._kwargs)
+
+
+class _Protocol(RequestHandler):
+    """aiohttp's connection handler plus a request-head deadline and JSON protocol errors.
+
+    aiohttp bounds idle keep-alive time but not how long a client may take to send a request
+    head, so a slowloris client could hold a connection open forever by trickling header bytes.
+    The head timer runs from the first byte of each request head (and from connection start) to
+    the moment the parser has the full head; if it fires first the client gets 408 and is closed.
+    """
+
+    __slots__ = ("_head_count", "_head_timer", "_header_timeout", "_seen_bytes")
+
+    def __init__(self, manager: web.Server, *, holder: RuntimeHolder, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = holder.current.config.server.header_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_count = 0
+        self._seen_bytes = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        ACTIVE_CONNECTIONS.inc()
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        ACTIVE_CONNECTIONS.dec()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if (
+            self._head_timer is None
+            and self._request_count == self._head_count
+            and not self._request_in_progress
+        ):
+            # First bytes of a new request head on a kept-alive connection.
+            self._arm_head_timer()
+        if data:
+            self._seen_bytes = True
+        super().data_received(data)
+        if self._request_count != self._head_count:
+            self._head_count = self._request_count
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+    def _arm_head_timer(self) -> None:
+        self._seen_bytes = False
+        self._head_timer = self._loop.call_later(self._header_timeout, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if self._seen_bytes:
+            body = error_body(
+                "request_timeout", "request headers not received in time", new_request_id()
+            )
+            transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+            )
+        self.force_close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """Malformed requests get the contract's JSON error; nothing reaches a backend."""
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started")
+        error: GatewayError
+        if isinstance(exc, LineTooLong) or (
+            isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc)
+        ):
+            error = HeaderFieldsTooLarge("request header fields too large")
+        elif status == 400 or isinstance(exc, BadHttpMessage):
+            error = BadRequest("malformed HTTP request")
+        else:
+            log.get_logger("aiogate.server").error(
+                log.INTERNAL_ERROR, error=repr(exc), status=status
+            )
+            error = InternalError("internal gateway error")
+        response = render_error(error, new_request_id())
+        response.force_close()
+        return response

@@ -1,0 +1,197 @@
+"""`server.workers > 1`: a parent that supervises N serving processes sharing one port.
+
+Each worker is `python -m aiogate run` in worker mode: it binds the proxy port with SO_REUSEPORT
+(the kernel spreads connections), serves, and speaks the sd_notify protocol to a datagram socket
+the parent owns, exactly as a single process would speak to systemd. The parent aggregates those
+messages for systemd, runs the admin listener (metrics aggregated through prometheus_client's
+multiprocess mode), forwards SIGHUP/SIGTERM, and restarts a worker that dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Final
+
+from aiohttp import web
+
+from . import log, sdnotify
+from .admin import ReloadOutcome, make_admin_app
+from .config import ConfigError, GatewayConfig, load_config
+from .metrics import CONFIG_RELOADS
+from .reload import configure_logging
+
+__all__ = ["WORKER_ENV", "Supervisor"]
+
+WORKER_ENV: Final = "AIOGATE_WORKER_ID"
+_RESTART_DELAY: Final = 1.0
+_RELOAD_WAIT: Final = 10.0
+
+
+class _NotifyProtocol(asyncio.DatagramProtocol):
+    def __init__(self, supervisor: Supervisor) -> None:
+        self._supervisor = supervisor
+
+    def datagram_received(self, data: bytes, addr: object) -> None:
+        self._supervisor.on_worker_message(data.decode(errors="replace"))
+
+
+class Supervisor:
+    def __init__(self, config_path: Path, config: GatewayConfig) -> None:
+        self._path = config_path
+        self._config = config
+        self._count = config.server.workers
+        self._workers: dict[int, asyncio.subprocess.Process] = {}
+        self._ready_signals = 0
+        self._ready_event = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._generation = 1
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._dir = Path(tempfile.mkdtemp(prefix="aiogate-"))
+
+    # -- AdminController -------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self._ready_event.is_set() and len(self._workers) == self._count
+
+    @property
+    def draining(self) -> bool:
+        return self._stop.is_set()
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self._config
+
+    async def reload(self) -> ReloadOutcome:
+        async with self._lock:
+            sdnotify.reloading()
+            try:
+                return await self._reload()
+            finally:
+                sdnotify.ready()
+
+    async def _reload(self) -> ReloadOutcome:
+        try:
+            config = await asyncio.to_thread(load_config, self._path)
+        except ConfigError as exc:
+            errors = tuple(str(i) for i in exc.issues)
+            CONFIG_RELOADS.labels("rejected").inc()
+            log.get_logger("aiogate.reload").error(
+                log.CONFIG_REJECTED, path=str(self._path), errors=list(errors)
+            )
+            return ReloadOutcome(False, self._generation, errors)
+        self._config = config
+        self._generation += 1
+        configure_logging(config)
+        # Workers re-read the file themselves; wait until each says READY again.
+        self._ready_signals = 0
+        self._ready_event.clear()
+        for process in self._workers.values():
+            process.send_signal(signal.SIGHUP)
+        try:
+            await asyncio.wait_for(self._ready_event.wait(), _RELOAD_WAIT)
+        except TimeoutError:
+            log.get_logger("aiogate.supervisor").warning("worker_reload_slow")
+        return ReloadOutcome(True, self._generation)
+
+    # -- worker messages -------------------------------------------------------------------
+    def on_worker_message(self, message: str) -> None:
+        if "READY=1" in message.splitlines():
+            self._ready_signals += 1
+            if self._ready_signals >= len(self._workers):
+                self._ready_event.set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def run(self) -> int:
+        configure_logging(self._config)
+        logger = log.get_logger("aiogate.supervisor")
+        loop = asyncio.get_running_loop()
+        notify_path = str(self._dir / "notify.sock")
+        notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify_sock.bind(notify_path)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _NotifyProtocol(self), sock=notify_sock
+        )
+        metrics_dir = self._dir / "metrics"
+        metrics_dir.mkdir()
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+        admin = web.AppRunner(make_admin_app(self), access_log=None)
+        await admin.setup()
+        await web.TCPSite(admin, self._config.admin.host, self._config.admin.port).start()
+        for index in range(self._count):
+            self._spawn_in_background(index, env, delay=0.0)
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        loop.add_signal_handler(signal.SIGINT, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        try:
+            await asyncio.wait_for(self._ready_event.wait(), 30)
+            sdnotify.ready()
+            logger.info(
+                log.STARTED,
+                workers=self._count,
+                pid=os.getpid(),
+                listen=self._config.server.listen,
+                admin=self._config.admin.listen,
+            )
+        except TimeoutError:
+            logger.error("workers_not_ready", workers=self._count)
+        await self._stop.wait()
+
+        sdnotify.stopping()
+        logger.info(log.SHUTDOWN_STARTED, workers=len(self._workers))
+        for process in self._workers.values():
+            process.send_signal(signal.SIGTERM)
+        grace = self._config.server.shutdown_timeout + 5.0
+        waits = [p.wait() for p in self._workers.values()]
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), grace)
+        except TimeoutError:
+            for process in self._workers.values():
+                if process.returncode is None:
+                    process.kill()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await admin.cleanup()
+        transport.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+        logger.info(log.SHUTDOWN_COMPLETE)
+        log.flush()
+        return 0
+
+    def _on_sighup(self) -> None:
+        self._own(asyncio.create_task(self.reload(), name="supervisor-reload"))
+
+    def _own(self, task: asyncio.Task[object]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _spawn_in_background(self, index: int, env: dict[str, str], *, delay: float) -> None:
+        self._own(asyncio.create_task(self._keep_worker(index, env, delay)))
+
+    async def _keep_worker(self, index: int, env: dict[str, str], delay: float) -> None:
+        """Run worker `index`, restarting it after an unexpected exit."""
+        logger = log.get_logger("aiogate.supervisor")
+        while not self.draining:
+            if delay:
+                await asyncio.sleep(delay)
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "aiogate", "run", "--config", str(self._path),
+                env=dict(env, **{WORKER_ENV: str(index)}),
+            )  # fmt: skip
+            self._workers[index] = process
+            logger.info(log.WORKER_STARTED, worker=index, pid=process.pid)
+            code = await process.wait()
+            if self._stop.is_set():  # SIGTERM arrived while this worker ran
+                return
+            del self._workers[index]
+            logger.error(log.WORKER_EXITED, worker=index, pid=process.pid, code=code)
+            delay = _RESTART_DELAY
