@@ -1,0 +1,323 @@
+"""Route table: segment-wise prefix matching with most-specific-wins, as in Kong and Envoy.
+
+A pattern is a list of segments, each static text, ``{name}`` (one non-empty segment) or
+``{*name}`` (the rest of the path, last only). Every pattern matches as a prefix on whole
+segments, so ``/api/users`` serves ``/api/users/42`` but not ``/api/usersx``.
+
+Specificity compares two patterns segment by segment, static over ``{param}`` over
+``{*rest}``, and the longer one wins when one is a prefix of the other. That is exactly the
+post-order of a depth-first walk of the segment trie that visits the static child, then the
+param child, then the catch-all, then the node itself. So `match` walks the trie once and
+stops at the first route that allows the method: no candidate list and no sort per request
+(only a 404/405 walks it a second time, to collect `Allow`).
+
+Pure and on the per-request hot path: no aiohttp, no I/O, no regex; everything that can be
+decided from the route table is decided in ``__init__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Generic, TypeVar
+from urllib.parse import quote
+
+from aiogate.pathnorm import InvalidPath, normalize_path
+
+__all__ = ["Match", "NoMatch", "RoutePatternError", "Router"]
+
+T = TypeVar("T")
+
+
+class RoutePatternError(ValueError):
+    """A route pattern is malformed or clashes with another one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Match(Generic[T]):
+    """The route that serves a request. ``pattern`` is the route's path as configured."""
+
+    target: T
+    params: Mapping[str, str]
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class NoMatch:
+    """No route serves the request: 404 when ``allowed`` is empty, else 405 with ``Allow``."""
+
+    allowed: frozenset[str]
+
+
+_NOT_FOUND = NoMatch(frozenset())
+_NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+# Printable ASCII other than space stays as written in a static segment; everything else can
+# only reach us percent-encoded, so the pattern is encoded the same way (`/café` works).
+_PATTERN_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
+@dataclass(frozen=True, slots=True)
+class _Route(Generic[T]):
+    pattern: str
+    methods: frozenset[str] | None
+    target: T
+    param_names: tuple[str, ...]
+    rest_name: str | None
+    # Routes without captures return this same immutable object every time: no allocation.
+    prebuilt: Match[T] | None
+
+
+class _Endpoint(Generic[T]):
+    """All routes that share one pattern shape; their method sets are disjoint."""
+
+    __slots__ = ("allowed", "by_method", "routes", "wildcard")
+
+    def __init__(self) -> None:
+        self.routes: list[_Route[T]] = []
+        self.by_method: dict[str, _Route[T]] = {}
+        self.wildcard: _Route[T] | None = None
+        self.allowed: frozenset[str] = frozenset()
+
+    def add(self, route: _Route[T]) -> None:
+        for other in self.routes:
+            if (
+                route.methods is None
+                or other.methods is None
+                or not route.methods.isdisjoint(other.methods)
+            ):
+                raise RoutePatternError(
+                    f"route {route.pattern!r} duplicates route {other.pattern!r}"
+                    " with overlapping methods"
+                )
+        self.routes.append(route)
+
+    def freeze(self) -> None:
+        allowed: set[str] = set()
+        for route in self.routes:
+            if route.methods is None:
+                self.wildcard = route
+                continue
+            for method in route.methods:
+                self.by_method[method] = route
+            allowed |= route.methods
+        # GET implies HEAD, unless another route of the same shape claims HEAD explicitly.
+        get_route = self.by_method.get("GET")
+        if get_route is not None:
+            self.by_method.setdefault("HEAD", get_route)
+            allowed.add("HEAD")
+        self.allowed = frozenset(allowed)
+
+
+class _Node(Generic[T]):
+    __slots__ = ("catch_all", "end", "param", "static")
+
+    def __init__(self) -> None:
+        self.static: dict[str, _Node[T]] = {}
+        self.param: _Node[T] | None = None
+        # `end` holds patterns that stop at this node; `catch_all` those ending in `{*rest}`
+        # here. They are separate because `{*rest}` counts as one more (least specific) segment.
+        self.end: _Endpoint[T] | None = None
+        self.catch_all: _Endpoint[T] | None = None
+
+    def endpoints(self) -> Iterable[_Endpoint[T]]:
+        for child in self.static.values():
+            yield from child.endpoints()
+        if self.param is not None:
+            yield from self.param.endpoints()
+        if self.catch_all is not None:
+            yield self.catch_all
+        if self.end is not None:
+            yield self.end
+
+
+def _param_name(segment: str, pattern: str) -> str:
+    name = segment[1:-1]
+    if name.startswith("*"):
+        name = name[1:]
+    if not (name.isascii() and name.isidentifier()):
+        raise RoutePatternError(
+            f"route {pattern!r}: parameter name {name!r} must be a letter or '_'"
+            " followed by letters, digits or '_'"
+        )
+    return name
+
+
+def _static_segment(segment: str, pattern: str) -> str:
+    """Bring a static segment to the form `normalize_path` gives the request path."""
+    if "{" in segment or "}" in segment:
+        raise RoutePatternError(
+            f"route {pattern!r}: a parameter must be a whole segment, '{{name}}' or"
+            " '{*name}'; write a literal brace as %7B or %7D"
+        )
+    try:
+        canonical = normalize_path("/" + quote(segment, safe=_PATTERN_SAFE))
+    except InvalidPath as exc:
+        raise RoutePatternError(f"route {pattern!r}: {exc}") from None
+    if canonical == "/":
+        # It was `.` or `..` (maybe encoded): a normalised path never has such a segment, so
+        # the route could never match.
+        raise RoutePatternError(f"route {pattern!r}: '.' and '..' segments are not allowed")
+    return canonical[1:]
+
+
+def _parse(pattern: str) -> list[str]:
+    """Split a pattern into validated segments: canonical static text, `{}` or `{*}`.
+
+    Parameters are reduced to their kind (names dropped) so that patterns differing only in
+    parameter names share a trie node and count as duplicates.
+    """
+    if not pattern:
+        raise RoutePatternError("route path must not be empty")
+    if not pattern.startswith("/"):
+        raise RoutePatternError(f"route {pattern!r}: path must start with '/'")
+    raw_segments = pattern[1:].split("/")
+    if raw_segments[-1] == "":
+        raw_segments.pop()  # A trailing slash means nothing under prefix matching.
+    shape: list[str] = []
+    for index, segment in enumerate(raw_segments):
+        if not segment:
+            raise RoutePatternError(f"route {pattern!r}: empty segment ('//')")
+        if segment.startswith("{") and segment.endswith("}") and len(segment) > 1:
+            _param_name(segment, pattern)
+            if segment.startswith("{*"):
+                if index != len(raw_segments) - 1:
+                    raise RoutePatternError(
+                        f"route {pattern!r}: '{segment}' must be the last segment"
+                    )
+                shape.append("{*}")
+            else:
+                shape.append("{}")
+        else:
+            shape.append(_static_segment(segment, pattern))
+    return shape
+
+
+def _names(pattern: str) -> tuple[tuple[str, ...], str | None]:
+    """The `{name}` names in order and the `{*name}` name; parse() has validated the syntax."""
+    names: list[str] = []
+    rest: str | None = None
+    for segment in pattern.split("/"):
+        if segment.startswith("{") and segment.endswith("}") and len(segment) > 1:
+            name = _param_name(segment, pattern)
+            if name in names or name == rest:
+                raise RoutePatternError(f"route {pattern!r}: parameter {name!r} appears twice")
+            if segment.startswith("{*"):
+                rest = name
+            else:
+                names.append(name)
+    return tuple(names), rest
+
+
+class Router(Generic[T]):
+    """An immutable route table; build one per config and share it across requests."""
+
+    __slots__ = ("_root",)
+
+    def __init__(self, routes: Iterable[tuple[str, frozenset[str] | None, T]]) -> None:
+        self._root: _Node[T] = _Node()
+        for pattern, methods, target in routes:
+            self._add(pattern, methods, target)
+        for endpoint in self._root.endpoints():
+            endpoint.freeze()
+
+    def _add(self, pattern: str, methods: frozenset[str] | None, target: T) -> None:
+        shape = _parse(pattern)
+        names, rest = _names(pattern)
+        if methods is not None and not methods:
+            raise RoutePatternError(
+                f"route {pattern!r}: empty method list (omit it to allow every method)"
+            )
+        prebuilt = None if names or rest is not None else Match(target, _NO_PARAMS, pattern)
+        route = _Route(pattern, methods, target, names, rest, prebuilt)
+        node = self._root
+        for segment in shape:
+            if segment == "{*}":
+                if node.catch_all is None:
+                    node.catch_all = _Endpoint()
+                node.catch_all.add(route)
+                return
+            if segment == "{}":
+                if node.param is None:
+                    node.param = _Node()
+                node = node.param
+            else:
+                node = node.static.setdefault(segment, _Node())
+        if node.end is None:
+            node.end = _Endpoint()
+        node.end.add(route)
+
+    def match(self, method: str, path: str) -> Match[T] | NoMatch:
+        """Route a normalised path (see `aiogate.pathnorm.normalize_path`)."""
+        # segments[0] is what precedes the leading '/', so it must be empty. A trailing '/'
+        # yields a final "" that no static or param child accepts, as prefix matching needs.
+        segments = path.split("/")
+        if segments[0]:
+            return _NOT_FOUND
+        captures: list[str] = []
+        found = _find(self._root, segments, 1, method, captures)
+        if found is not None:
+            return _build(found[0], segments, found[1], captures)
+        allowed: set[str] = set()
+        _collect_allowed(self._root, segments, 1, allowed)
+        return NoMatch(frozenset(allowed)) if allowed else _NOT_FOUND
+
+
+def _build(route: _Route[T], segments: list[str], rest_at: int, captures: list[str]) -> Match[T]:
+    if route.prebuilt is not None:
+        return route.prebuilt
+    # The walk captures exactly one segment per `{param}` of the route's shape, so the lengths
+    # agree by construction; strict=True would only add cost here.
+    params = dict(zip(route.param_names, captures, strict=False))
+    if route.rest_name is not None:
+        params[route.rest_name] = "/".join(segments[rest_at:])
+    return Match(route.target, params, route.pattern)
+
+
+def _find(
+    node: _Node[T], segments: list[str], index: int, method: str, captures: list[str]
+) -> tuple[_Route[T], int] | None:
+    """First route in specificity order that matches the path and allows the method.
+
+    Recursion depth is bounded by the depth of the trie, not by the length of the path.
+    ``captures`` holds the `{param}` segments of the current branch; it is valid on return.
+    """
+    if index < len(segments):
+        segment = segments[index]
+        child = node.static.get(segment)
+        if child is not None:
+            found = _find(child, segments, index + 1, method, captures)
+            if found is not None:
+                return found
+        if node.param is not None and segment:
+            captures.append(segment)
+            found = _find(node.param, segments, index + 1, method, captures)
+            if found is not None:
+                return found
+            captures.pop()
+    endpoint = node.catch_all
+    if endpoint is not None:
+        route = endpoint.by_method.get(method, endpoint.wildcard)
+        if route is not None:
+            return route, index
+    endpoint = node.end
+    if endpoint is not None:
+        route = endpoint.by_method.get(method, endpoint.wildcard)
+        if route is not None:
+            return route, index
+    return None
+
+
+def _collect_allowed(node: _Node[T], segments: list[str], index: int, allowed: set[str]) -> None:
+    """Union of the methods of every route matching the path; only run on the 404/405 path."""
+    if index < len(segments):
+        segment = segments[index]
+        child = node.static.get(segment)
+        if child is not None:
+            _collect_allowed(child, segments, index + 1, allowed)
+        if node.param is not None and segment:
+            _collect_allowed(node.param, segments, index + 1, allowed)
+    if node.catch_all is not None:
+        allowed |= node.catch_all.allowed
+    if node.end is not None:
+        allowed |= node.end.allowed
