@@ -30,6 +30,8 @@ class RequestContext:
     #: The X-Forwarded-For value to send upstream (the peer appended to a trusted chain).
     forwarded_for: str
     started: float
+    #: The socket peer is a trusted proxy: its X-Forwarded-Proto/Host are believed too.
+    via_trusted_proxy: bool = False
     route: CompiledRoute | None = None
     params: Mapping[str, str] = field(default_factory=lambda: _NO_PARAMS)
     upstream: str = ""

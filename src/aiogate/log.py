@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 import sys
 import time
 from collections.abc import Mapping
@@ -66,12 +67,15 @@ class BufferedSink:
     no loop (the CLI, or after shutdown) every line is written through at once.
     """
 
-    __slots__ = ("_buffer", "_fd", "_scheduled")
+    __slots__ = ("_buffer", "_fd", "_max_write", "_scheduled")
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, *, whole_lines: bool = False) -> None:
         self._fd = fd
         self._buffer = bytearray()
         self._scheduled = False
+        # Workers share one stdout: writes of at most PIPE_BUF bytes cut at a newline are atomic
+        # on a pipe, so lines of different workers never interleave mid-line.
+        self._max_write = select.PIPE_BUF if whole_lines else 0
 
     def write(self, line: bytes) -> None:
         buffer = self._buffer
@@ -93,33 +97,39 @@ class BufferedSink:
         buffer = self._buffer
         if not buffer:
             return
-        view = memoryview(buffer)
+        done = 0
+        total = len(buffer)
         try:
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
+            with memoryview(buffer) as view:
+                while done < total:
+                    done += os.write(self._fd, view[done : self._piece_end(buffer, done)])
         except BlockingIOError:
-            # stdout is a non-blocking pipe whose reader is slow: keep the rest for later
-            # rather than spin; the next flush retries.
-            del buffer[: len(buffer) - len(view)]
-            view.release()
-            return
+            pass  # a non-blocking stdout whose reader is slow: the rest waits for the next flush
         except OSError:
-            pass  # stdout is gone (reader closed): logging must never take the gateway down
-        view.release()
-        buffer.clear()
+            done = total  # stdout is gone: logging must never take the gateway down
+        del buffer[:done]
+
+    def _piece_end(self, buffer: bytearray, start: int) -> int:
+        """End of the next write: everything, or whole lines within PIPE_BUF for workers."""
+        limit = self._max_write
+        end = len(buffer)
+        if not limit or end - start <= limit:
+            return end
+        cut = buffer.rfind(b"\n", start, start + limit)
+        return cut + 1 if cut >= start else start + limit
 
 
 class _SinkLogger:
-    """structlog's wrapped logger: hands rendered lines to the sink."""
+    """structlog's wrapped logger: hands rendered lines to the current sink.
 
-    __slots__ = ("_sink",)
+    Always the *current* one: a logger obtained before a reload (``configure``) must not keep
+    writing into the replaced sink, whose buffer nobody flushes at exit any more.
+    """
 
-    def __init__(self, sink: BufferedSink) -> None:
-        self._sink = sink
+    __slots__ = ()
 
     def msg(self, message: str | bytes) -> None:
-        self._sink.write(message if isinstance(message, bytes) else message.encode())
+        _State.sink.write(message if isinstance(message, bytes) else message.encode())
 
     debug = info = warning = warn = error = critical = exception = log = msg
 
@@ -169,12 +179,13 @@ def configure(
     levels: Mapping[str, str] | None = None,
     access_log: bool = True,
     stream: TextIO | None = None,
+    whole_lines: bool = False,
 ) -> None:
     """(Re)configure logging; safe to call on every reload."""
     previous = _State.sink
     previous.flush()
     out = stream if stream is not None else sys.stdout
-    _State.sink = BufferedSink(out.fileno())
+    _State.sink = BufferedSink(out.fileno(), whole_lines=whole_lines)
     _State.level = _LEVELS[level]
     _State.levels = {name: _LEVELS[lvl] for name, lvl in (levels or {}).items()}
     _State.json = fmt == "json"
@@ -202,7 +213,7 @@ def get_logger(name: str) -> Any:
     logger = _State.cache.get(name)
     if logger is None:
         logger = structlog.wrap_logger(
-            _SinkLogger(_State.sink),
+            _SinkLogger(),
             processors=_State.processors,
             wrapper_class=structlog.make_filtering_bound_logger(_level_for(name)),
         ).bind(logger=name)

@@ -20,7 +20,14 @@ __all__ = ["Reloader", "configure_logging", "restart_only_changes"]
 
 def configure_logging(config: GatewayConfig) -> None:
     cfg = config.logging
-    log.configure(level=cfg.level, fmt=cfg.format, levels=cfg.levels, access_log=cfg.access_log)
+    log.configure(
+        level=cfg.level,
+        fmt=cfg.format,
+        levels=cfg.levels,
+        access_log=cfg.access_log,
+        # Several processes share stdout when workers > 1: keep their lines whole.
+        whole_lines=config.server.workers > 1,
+    )
 
 
 def restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:

@@ -86,8 +86,8 @@ class Runtime:
             await pool.close()
 
     # -- per request -----------------------------------------------------------------------
-    def client_address(self, request: web.BaseRequest) -> tuple[str, str]:
-        """(client IP, X-Forwarded-For to send upstream).
+    def client_address(self, request: web.BaseRequest) -> tuple[str, str, bool]:
+        """(client IP, X-Forwarded-For to send upstream, whether the peer is a trusted proxy).
 
         The socket peer is the client unless the peer is a trusted proxy; then the chain in
         X-Forwarded-For is walked from the right, skipping trusted hops, and the first address
@@ -95,10 +95,10 @@ class Runtime:
         """
         peer = request.remote or ""
         if not self._trusted or not self._is_trusted(peer):
-            return peer, peer
+            return peer, peer, False
         incoming = ", ".join(request.headers.getall("X-Forwarded-For", ()))
         if not incoming:
-            return peer, peer
+            return peer, peer, True
         client = peer
         for hop in reversed([h.strip() for h in incoming.split(",")]):
             if not hop:
@@ -106,7 +106,7 @@ class Runtime:
             client = hop
             if not self._is_trusted(hop):
                 break
-        return client, f"{incoming}, {peer}"
+        return client, f"{incoming}, {peer}", True
 
     def _is_trusted(self, address: str) -> bool:
         try:

@@ -90,7 +90,7 @@ class GatewayServer:
                 content_type="application/json",
                 headers={"X-Request-ID": request_id},
             )
-        client_ip, forwarded_for = runtime.client_address(request)
+        client_ip, forwarded_for, via_trusted_proxy = runtime.client_address(request)
         ctx = RequestContext(
             request=request,
             request_id=request_id,
@@ -100,6 +100,7 @@ class GatewayServer:
             client_ip=client_ip,
             forwarded_for=forwarded_for,
             started=started,
+            via_trusted_proxy=via_trusted_proxy,
         )
         try:
             try:

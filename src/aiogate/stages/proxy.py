@@ -214,10 +214,17 @@ class Proxy:
     def _upstream_headers(self, ctx: RequestContext, backend: Backend) -> list[tuple[str, str]]:
         request = ctx.request
         headers = filter_request_headers(request)
-        host = request.host
+        # The Host header as sent (none from an HTTP/1.0 client: then no X-Forwarded-Host).
+        host = request.headers.get("Host", "")
+        proto = request.scheme
+        if ctx.via_trusted_proxy:
+            # A trusted proxy in front (e.g. a TLS terminator) knows the original scheme/host.
+            incoming = request.headers
+            proto = incoming.get("X-Forwarded-Proto", proto)
+            host = incoming.get("X-Forwarded-Host", host)
         headers.append(("Host", backend.authority))
         headers.append(("X-Forwarded-For", ctx.forwarded_for))
-        headers.append(("X-Forwarded-Proto", request.scheme))
+        headers.append(("X-Forwarded-Proto", proto))
         if host:
             headers.append(("X-Forwarded-Host", host))
         headers.append(("X-Request-ID", ctx.request_id))
