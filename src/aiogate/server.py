@@ -8,9 +8,9 @@ handler, and the router/middleware machinery of an Application would only add pe
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
-import uuid
 from typing import Any, Final
 
 from aiohttp import web
@@ -40,7 +40,8 @@ _HEALTHZ_BODY: Final = b'{"status":"ok"}'
 
 
 def new_request_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as 32 hex digits (a uuid4's entropy, a third of uuid4().hex's cost)."""
+    return os.urandom(16).hex()
 
 
 class GatewayServer:
