@@ -29,6 +29,7 @@ from .model import (
     ServerConfig,
     Transformations,
     UpstreamConfig,
+    UpstreamTlsConfig,
 )
 from .redact import REDACTED, redacted
 from .units import parse_duration, parse_size
@@ -59,6 +60,7 @@ __all__ = [
     "ServerConfig",
     "Transformations",
     "UpstreamConfig",
+    "UpstreamTlsConfig",
     "load_config",
     "parse_duration",
     "parse_size",

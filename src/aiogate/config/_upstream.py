@@ -13,6 +13,7 @@ from .units import Duration
 
 __all__ = [
     "BackendConfig",
+    "UpstreamTlsConfig",
     "CircuitBreakerConfig",
     "HealthCheckConfig",
     "RetriesConfig",
@@ -136,6 +137,26 @@ class RetriesConfig(Model):
         return self
 
 
+class UpstreamTlsConfig(Model):
+    """How `https://` backends are verified (the defaults are the safe ones)."""
+
+    verify: bool = True
+    ca_file: str | None = None
+    server_name: str | None = None
+
+    @field_validator("ca_file")
+    @classmethod
+    def _readable(cls, value: str | None) -> str | None:
+        # Checked at load time so a typo fails `aiogate check`, not the first request.
+        if value is not None:
+            try:
+                with open(value, "rb"):
+                    pass
+            except OSError as exc:
+                fail(f"cannot read '{value}': {exc.strerror or exc}")
+        return value
+
+
 Strategy = Literal["round_robin", "least_connections", "weighted_round_robin", "ip_hash", "random"]
 
 
@@ -149,6 +170,8 @@ class UpstreamConfig(Model):
     connect_timeout: Annotated[Duration, Field(gt=0)] = 5.0
     circuit_breaker: CircuitBreakerConfig | None = None
     max_idle_connections: int = Field(default=64, ge=0)
+    keepalive_timeout: Annotated[Duration, Field(gt=0)] = 60.0
+    tls: UpstreamTlsConfig = UpstreamTlsConfig()
 
     @model_validator(mode="after")
     def _unique_backends(self) -> UpstreamConfig:

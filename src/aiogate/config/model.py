@@ -40,6 +40,7 @@ from ._upstream import (
     HealthCheckConfig,
     RetriesConfig,
     UpstreamConfig,
+    UpstreamTlsConfig,
 )
 from .units import Duration, Size
 
@@ -66,6 +67,7 @@ __all__ = [
     "ServerConfig",
     "Transformations",
     "UpstreamConfig",
+    "UpstreamTlsConfig",
 ]
 
 # Set by the loader, which runs the cross-section checks itself so it can report all of them

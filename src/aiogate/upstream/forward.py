@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -52,7 +53,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Origin:
-    """Where a backend listens. Only `http` is supported for now."""
+    """Where a backend listens: `http`, or `https` (TLS through the pool's SSL context)."""
 
     scheme: str
     host: str
@@ -78,6 +79,8 @@ class ConnectionPool:
         "_idle_timeout",
         "_in_use",
         "_max_idle",
+        "_server_name",
+        "_ssl",
         "origin",
     )
 
@@ -88,8 +91,17 @@ class ConnectionPool:
         max_idle: int = 64,
         idle_timeout: float = 60.0,
         connect_timeout: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+        server_name: str | None = None,
     ) -> None:
+        if origin.scheme not in ("http", "https"):
+            raise ValueError(f"unsupported upstream scheme {origin.scheme!r}")
         self.origin = origin
+        # https: verify against the system trust store unless the caller brings a context.
+        self._ssl = ssl_context or (
+            ssl.create_default_context() if origin.scheme == "https" else None
+        )
+        self._server_name = server_name or origin.host
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
         self._connect_timeout = connect_timeout
@@ -125,8 +137,6 @@ class ConnectionPool:
         """
         if self._closed:
             raise UpstreamConnectError(f"connection pool for {self.origin} is closed")
-        if self.origin.scheme != "http":
-            raise UpstreamConnectError(f"{self.origin.scheme} upstreams not supported yet")
         # Before any connection is touched, so a bad header costs nothing upstream.
         head = encode_head(method, target, headers, body)
         loop = asyncio.get_running_loop()
@@ -186,7 +196,11 @@ class ConnectionPool:
         try:
             async with timeout:
                 transport, conn = await loop.create_connection(
-                    lambda: Http1Connection(self, loop), origin.host, origin.port
+                    lambda: Http1Connection(self, loop),
+                    origin.host,
+                    origin.port,
+                    ssl=self._ssl,
+                    server_hostname=self._server_name if self._ssl is not None else None,
                 )
         except TimeoutError as exc:
             self._in_use -= 1
@@ -197,7 +211,7 @@ class ConnectionPool:
             raise UpstreamConnectError(
                 f"connect to {origin} timed out after {self._connect_timeout:g}s"
             ) from exc
-        except OSError as exc:  # refused, unreachable, DNS (gaierror is an OSError)
+        except OSError as exc:  # refused, unreachable, DNS, TLS handshake (all OSErrors)
             self._in_use -= 1
             raise UpstreamConnectError(f"cannot connect to {origin}: {exc}") from exc
         except BaseException:

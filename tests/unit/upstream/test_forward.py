@@ -714,13 +714,6 @@ async def test_connect_timeout(make_pool: MakePool, monkeypatch: pytest.MonkeyPa
     assert pool.in_use == 0
 
 
-async def test_https_not_supported(make_pool: MakePool) -> None:
-    pool = ConnectionPool(Origin("https", "127.0.0.1", 443))
-    with pytest.raises(UpstreamConnectError, match="not supported"):
-        await pool.request("GET", "/", [], None, deadline=deadline())
-    await pool.close()
-
-
 async def test_deadline_waiting_for_head(raw_upstream: MakeRaw, make_pool: MakePool) -> None:
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
