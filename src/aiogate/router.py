@@ -7,9 +7,14 @@ segments, so ``/api/users`` serves ``/api/users/42`` but not ``/api/usersx``.
 Specificity compares two patterns segment by segment, static over ``{param}`` over
 ``{*rest}``, and the longer one wins when one is a prefix of the other. That is exactly the
 post-order of a depth-first walk of the segment trie that visits the static child, then the
-param child, then the catch-all, then the node itself. So `match` walks the trie once and
-stops at the first route that allows the method: no candidate list and no sort per request
-(only a 404/405 walks it a second time, to collect `Allow`).
+param child, then the catch-all, then the node itself (the node itself first when the path
+ends there: `/assets` beats `/assets/{*rest}` on `/assets`). So `match` walks the trie once
+and stops at the first pattern that matches the path: no candidate list, no sort per request.
+
+Methods do not take part in choosing the pattern (the contract: "route found but method not
+allowed: 405"). Routes sharing the most specific pattern are told apart by method; if none
+allows the request's method the answer is 405 with their methods, never a fall-through to a
+less specific route, which would let a request slip past a route's method restriction.
 
 Pure and on the per-request hot path: no aiohttp, no I/O, no regex; everything that can be
 decided from the route table is decided in ``__init__``.
@@ -255,12 +260,14 @@ class Router(Generic[T]):
         if segments[0]:
             return _NOT_FOUND
         captures: list[str] = []
-        found = _find(self._root, segments, 1, method, captures)
-        if found is not None:
-            return _build(found[0], segments, found[1], captures)
-        allowed: set[str] = set()
-        _collect_allowed(self._root, segments, 1, allowed)
-        return NoMatch(frozenset(allowed)) if allowed else _NOT_FOUND
+        found = _find(self._root, segments, 1, captures)
+        if found is None:
+            return _NOT_FOUND
+        endpoint, rest_at = found
+        route = endpoint.by_method.get(method, endpoint.wildcard)
+        if route is None:
+            return NoMatch(endpoint.allowed)
+        return _build(route, segments, rest_at, captures)
 
 
 def _build(route: _Route[T], segments: list[str], rest_at: int, captures: list[str]) -> Match[T]:
@@ -275,9 +282,9 @@ def _build(route: _Route[T], segments: list[str], rest_at: int, captures: list[s
 
 
 def _find(
-    node: _Node[T], segments: list[str], index: int, method: str, captures: list[str]
-) -> tuple[_Route[T], int] | None:
-    """First route in specificity order that matches the path and allows the method.
+    node: _Node[T], segments: list[str], index: int, captures: list[str]
+) -> tuple[_Endpoint[T], int] | None:
+    """The most specific pattern matching the path, and where its `{*rest}` starts.
 
     Recursion depth is bounded by the depth of the trie, not by the length of the path.
     ``captures`` holds the `{param}` segments of the current branch; it is valid on return.
@@ -286,38 +293,24 @@ def _find(
         segment = segments[index]
         child = node.static.get(segment)
         if child is not None:
-            found = _find(child, segments, index + 1, method, captures)
+            found = _find(child, segments, index + 1, captures)
             if found is not None:
                 return found
         if node.param is not None and segment:
             captures.append(segment)
-            found = _find(node.param, segments, index + 1, method, captures)
+            found = _find(node.param, segments, index + 1, captures)
             if found is not None:
                 return found
             captures.pop()
-    endpoint = node.catch_all
-    if endpoint is not None:
-        route = endpoint.by_method.get(method, endpoint.wildcard)
-        if route is not None:
-            return route, index
-    endpoint = node.end
-    if endpoint is not None:
-        route = endpoint.by_method.get(method, endpoint.wildcard)
-        if route is not None:
-            return route, index
-    return None
-
-
-def _collect_allowed(node: _Node[T], segments: list[str], index: int, allowed: set[str]) -> None:
-    """Union of the methods of every route matching the path; only run on the 404/405 path."""
-    if index < len(segments):
-        segment = segments[index]
-        child = node.static.get(segment)
-        if child is not None:
-            _collect_allowed(child, segments, index + 1, allowed)
-        if node.param is not None and segment:
-            _collect_allowed(node.param, segments, index + 1, allowed)
-    if node.catch_all is not None:
-        allowed |= node.catch_all.allowed
+        # Segments remain: `{*rest}` takes them, so it is the longer, more specific match.
+        if node.catch_all is not None:
+            return node.catch_all, index
+        if node.end is not None:
+            return node.end, index
+        return None
+    # The path ends here: the pattern that ends here too is exact, `{*rest}` would match "".
     if node.end is not None:
-        allowed |= node.end.allowed
+        return node.end, index
+    if node.catch_all is not None:
+        return node.catch_all, index
+    return None

@@ -165,8 +165,9 @@ SPECIFICITY = router(
         ("/", "/"),
         ("/other", "/"),
         ("/apix", "/"),
-        # `{*rest}` counts as one more segment, so it beats the bare prefix `/api`.
-        ("/api", "/api/{*rest}"),
+        # On its own path the exact pattern wins; with anything after it `{*rest}` (one more
+        # segment) beats the bare prefix `/api`.
+        ("/api", "/api"),
         ("/api/", "/api/{*rest}"),
         # static over param over catch-all
         ("/api/v1", "/api/v1"),
@@ -253,14 +254,16 @@ def test_same_pattern_with_disjoint_methods_selects_by_method() -> None:
     assert r.match("DELETE", "/a") == NoMatch(m("GET", "HEAD", "POST", "PUT"))
 
 
-def test_falls_back_to_less_specific_route_when_method_is_not_allowed() -> None:
+def test_no_fall_through_to_a_less_specific_route_on_a_method_mismatch() -> None:
+    # The most specific pattern is "the route found": a method it does not allow is a 405,
+    # never a silent detour to `/api`'s upstream past `/api/users`' method restriction.
     r = router(("/api", m("GET", "POST")), ("/api/users", m("GET")))
     assert target(r, "/api/users", "GET") == "/api/users"
-    assert target(r, "/api/users", "POST") == "/api"
-    assert r.match("DELETE", "/api/users") == NoMatch(m("GET", "HEAD", "POST"))
+    assert r.match("POST", "/api/users") == NoMatch(m("GET", "HEAD"))
+    assert target(r, "/api/other", "POST") == "/api"
 
 
-def test_fallback_crosses_param_and_catch_all_branches() -> None:
+def test_the_most_specific_pattern_decides_across_branches() -> None:
     r = router(
         ("/a/b", m("GET")),
         ("/a/{x}", m("POST")),
@@ -268,12 +271,20 @@ def test_fallback_crosses_param_and_catch_all_branches() -> None:
         ("/", m("PATCH")),
     )
     assert target(r, "/a/b", "GET") == "/a/b"
-    assert matched(r, "/a/b", "POST").params == {"x": "b"}
-    assert matched(r, "/a/b/c", "PUT").params == {"rest": "b/c"}
-    assert target(r, "/a/b", "PATCH") == "/"
-    assert r.match("DELETE", "/a/b") == NoMatch(m("GET", "HEAD", "POST", "PUT", "PATCH"))
-    # Only candidates that match the path count towards Allow.
+    assert r.match("POST", "/a/b") == NoMatch(m("GET", "HEAD"))
+    assert matched(r, "/a/c", "POST").params == {"x": "c"}
+    # `/a/{x}` is a prefix pattern and a param beats a catch-all: `/a/{*rest}` only gets `/a/`.
+    assert r.match("PUT", "/a/c/d") == NoMatch(m("POST"))
+    assert matched(r, "/a/", "PUT").params == {"rest": ""}
+    assert r.match("PATCH", "/a/b/c") == NoMatch(m("GET", "HEAD"))
     assert r.match("DELETE", "/z") == NoMatch(m("PATCH"))
+
+
+def test_exact_static_route_beats_catch_all_on_its_own_path() -> None:
+    r = router(("/assets", m("GET")), ("/assets/{*rest}", m("GET")))
+    assert target(r, "/assets", "GET") == "/assets"
+    assert matched(r, "/assets/css/a.css", "GET").params == {"rest": "css/a.css"}
+    assert matched(r, "/assets/", "GET").params == {"rest": ""}
 
 
 def test_route_without_methods_allows_every_method() -> None:
