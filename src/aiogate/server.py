@@ -13,9 +13,11 @@ import re
 import time
 from typing import Any, Final
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.helpers import set_exception
+from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from . import log
 from .context import RequestContext
@@ -104,6 +106,7 @@ class GatewayServer:
             via_trusted_proxy=via_trusted_proxy,
         )
         try:
+            _check_framing(request)
             try:
                 ctx.path = normalize_path(_origin_form(raw_path))
             except InvalidPath as exc:
@@ -147,6 +150,26 @@ class GatewayServer:
                 "bytes_out": ctx.bytes_out,
             }
         )
+
+
+_VERSIONS: Final = frozenset({HttpVersion10, HttpVersion11})
+
+
+def _check_framing(request: web.BaseRequest) -> None:
+    """Refuse what aiohttp's parser lets through but a proxy must not relay.
+
+    aiohttp accepts an HTTP/0.9-style `GET /path` line and any `HTTP/x.y` version; the
+    request would go upstream as HTTP/1.1 and its answer come back labelled `HTTP/0.9` or
+    `HTTP/2.0`. And a transfer coding before `chunked` (`gzip, chunked`) is not decoded by
+    aiohttp while the gateway re-frames the body, so the coding would be silently dropped and
+    the upstream would take coded bytes for the content (RFC 9112 §6.1: reject what is not
+    understood).
+    """
+    if request.version not in _VERSIONS:
+        raise BadRequest("unsupported HTTP version")
+    te = request.headers.get(hdrs.TRANSFER_ENCODING)
+    if te is not None and te.strip().lower() != "chunked":
+        raise BadRequest("unsupported transfer coding")
 
 
 def _origin_form(raw_path: str) -> str:
@@ -211,12 +234,33 @@ class _Protocol(RequestHandler):
             self._arm_head_timer()
         if data:
             self._seen_bytes = True
+        queued = len(self._messages)
         super().data_received(data)
+        if len(self._messages) > queued and isinstance(self._messages[-1][0], _ErrInfo):
+            self._fail_current_body(self._messages[-1][0])
         if self._request_count != self._head_count:
             self._head_count = self._request_count
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
+
+    def _fail_current_body(self, error: _ErrInfo) -> None:
+        """A parse error inside the body of the request being handled (a bad chunk size).
+
+        aiohttp queues the error as the *next* message but leaves the current request's body
+        stream waiting for bytes that will never be parsed, so the proxy would hang until
+        the upstream timeout. Fail the stream instead: the proxy aborts the upstream request
+        (never completed) and answers 400.
+        """
+        request = self._current_request
+        if request is None:
+            return
+        content = request.content
+        if not content.is_eof() and content.exception() is None:
+            exc = error.exc
+            if not isinstance(exc, BadHttpMessage):
+                exc = BadHttpMessage(error.message)
+            set_exception(content, exc)
 
     def _arm_head_timer(self) -> None:
         self._seen_bytes = False

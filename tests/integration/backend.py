@@ -76,6 +76,12 @@ def make_app(name: str, seen: Seen) -> web.Application:
         await record(request, size, digest.hexdigest())
         return web.json_response({"backend": name, "size": size, "sha256": digest.hexdigest()})
 
+    async def upload_late(request: web.Request) -> web.Response:
+        """`/upload-late/{seconds}`: like /upload, but starts reading only after a pause, so
+        a proxy in front must hold the client back instead of buffering the body."""
+        await asyncio.sleep(float(request.match_info["seconds"]))
+        return await upload(request)
+
     async def download(request: web.Request) -> web.StreamResponse:
         """`/download/{size}`: deterministic bytes, streamed (chunked unless ?cl=1)."""
         size = int(request.match_info["size"])
@@ -144,6 +150,7 @@ def make_app(name: str, seen: Seen) -> web.Application:
 
     app = web.Application(client_max_size=1024**3)
     app.router.add_get("/health", health)
+    app.router.add_post("/upload-late/{seconds}", upload_late)
     app.router.add_route("*", "/upload{tail:.*}", upload)
     app.router.add_get("/download/{size:\\d+}", download)
     app.router.add_route("*", "/status/{code:\\d+}", status)

@@ -13,11 +13,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 from aiohttp import hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 
 from .. import log
 from ..context import RequestContext
-from ..errors import BadGateway, GatewayTimeout, PayloadTooLarge, ServiceUnavailable
+from ..errors import (
+    BadGateway,
+    BadRequest,
+    GatewayError,
+    GatewayTimeout,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
 from ..metrics import RequestRecorder
 from ..upstream.forward import (
     RequestBody,
@@ -27,7 +35,7 @@ from ..upstream.forward import (
 )
 from ..upstream.pool import Backend, NoBackendAvailable, UpstreamPool
 
-__all__ = ["Proxy", "filter_request_headers", "filter_response_headers"]
+__all__ = ["ClientBodyError", "Proxy", "filter_request_headers", "filter_response_headers"]
 
 #: Bodies up to this size are read whole: cheaper than streaming, and replayable.
 _BUFFER_LIMIT: Final = 64 * 1024
@@ -56,6 +64,10 @@ _REQUEST_DROP: Final = _HOP_BY_HOP | _GATEWAY_SET
 _RESPONSE_DROP: Final = _HOP_BY_HOP | {"content-length", "x-request-id"}
 
 _Prepare = Callable[[], Awaitable[None]]
+
+
+class ClientBodyError(ConnectionResetError):
+    """The client's connection broke while its body was being relayed (the server logs 499)."""
 
 
 def _connection_tokens(value: str) -> set[str]:
@@ -164,8 +176,8 @@ class Proxy:
                     request_id=ctx.request_id, error=str(exc),
                 )  # fmt: skip
                 raise BadGateway(f"upstream {self._pool.name!r} is unreachable") from None
-            except PayloadTooLarge:
-                raise
+            except (GatewayError, ClientBodyError):
+                raise  # the client's body was too large, malformed or cut off: not upstream's fault
             except Exception as exc:  # UpstreamProtocolError and socket errors mid-exchange
                 log.get_logger("aiogate.proxy").warning(
                     log.BACKEND_ERROR, upstream=ctx.upstream, backend=ctx.backend,
@@ -203,7 +215,20 @@ class Proxy:
         """The client's body, counted: over the limit raises mid-stream (chunked uploads too)."""
         limit = self._max_body_size
         total = 0
-        async for chunk in ctx.request.content.iter_any():
+        chunks = ctx.request.content.iter_any()
+        while True:
+            # Errors reading the client are told apart from upstream errors here: they pass
+            # through the upstream exchange, which must not report them as a 502.
+            try:
+                chunk = await anext(chunks)
+            except StopAsyncIteration:
+                break
+            except HttpProcessingError:
+                ctx.bytes_in = total
+                raise BadRequest("malformed request body") from None
+            except ConnectionError as exc:
+                ctx.bytes_in = total
+                raise ClientBodyError("the client went away while sending the body") from exc
             total += len(chunk)
             if total > limit:
                 ctx.bytes_in = total
