@@ -53,13 +53,13 @@ def _run(path: Path) -> int:
         return 1
     is_worker = WORKER_ENV in os.environ
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        if config.server.workers > 1 and not is_worker:
-            from .supervisor import Supervisor
-
-            return runner.run(Supervisor(path, config).run())
-        from .daemon import Daemon
-
         try:
+            if config.server.workers > 1 and not is_worker:
+                from .supervisor import Supervisor
+
+                return runner.run(Supervisor(path, config).run())
+            from .daemon import Daemon
+
             return runner.run(Daemon(path, config, worker=is_worker).run())
         except OSError as exc:  # e.g. the port is taken: a clear line, not a traceback
             print(f"aiogate: cannot start: {exc}", file=sys.stderr)

@@ -120,7 +120,7 @@ class Daemon:
         logger.info(log.SHUTDOWN_STARTED, in_flight=holder.current.in_flight, timeout=timeout)
         proxy.close()
         low_level.pre_shutdown()
-        await low_level.shutdown(timeout)
+        await _shutdown_within(low_level, timeout)
         await self._reloader.close()
         await holder.current.close()
         for task in list(self._tasks):
@@ -141,3 +141,18 @@ class Daemon:
         task: asyncio.Task[object] = asyncio.create_task(self.reload(), name="sighup-reload")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+async def _shutdown_within(server: web.Server, grace: float) -> None:
+    """Let in-flight requests finish for at most `grace` seconds, then close what is left.
+
+    aiohttp's `Server.shutdown(t)` alone waits up to `t` for the handlers, then up to `t` again
+    after cancelling them (twice the configured drain), and treats `t <= 0` as "forever".
+    """
+    if grace > 0:
+        try:
+            await asyncio.wait_for(server.shutdown(grace), grace)
+            return
+        except TimeoutError:
+            pass
+    await server.shutdown(0.05)  # cancel the handlers still running and close their sockets

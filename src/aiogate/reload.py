@@ -7,6 +7,7 @@ Runtime untouched and is reported as a `config_rejected` event with every error.
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 from . import log
@@ -81,6 +82,7 @@ class Reloader:
         log.get_logger("aiogate.reload").info(
             log.CONFIG_RELOADED,
             path=str(self._path),
+            pid=os.getpid(),
             generation=new.generation,
             routes=len(config.routes),
             upstreams=len(config.upstreams),
@@ -98,6 +100,7 @@ class Reloader:
         log.get_logger("aiogate.reload").error(
             log.CONFIG_REJECTED,
             path=str(self._path),
+            pid=os.getpid(),
             errors=list(errors),
             generation=current.generation,
         )

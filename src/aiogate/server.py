@@ -203,10 +203,11 @@ class _Protocol(RequestHandler):
     the moment the parser has the full head; if it fires first the client gets 408 and is closed.
     """
 
-    __slots__ = ("_head_count", "_head_timer", "_header_timeout", "_seen_bytes")
+    __slots__ = ("_head_count", "_head_timer", "_header_timeout", "_holder", "_seen_bytes")
 
     def __init__(self, manager: web.Server, *, holder: RuntimeHolder, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
+        self._holder = holder
         self._header_timeout = holder.current.config.server.header_timeout
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_count = 0
@@ -272,13 +273,14 @@ class _Protocol(RequestHandler):
         if transport is None or transport.is_closing():
             return
         if self._seen_bytes:
-            body = error_body(
-                "request_timeout", "request headers not received in time", new_request_id()
-            )
+            request_id = new_request_id()
+            body = error_body("request_timeout", "request headers not received in time", request_id)
             transport.write(
                 b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-                b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+                b"X-Request-ID: %s\r\nServer: aiogate\r\nConnection: close\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (request_id.encode(), len(body), body)
             )
+            self._record_unparsed(408, request_id)
         self.force_close()
 
     def handle_error(
@@ -303,6 +305,31 @@ class _Protocol(RequestHandler):
                 log.INTERNAL_ERROR, error=repr(exc), status=status
             )
             error = InternalError("internal gateway error")
-        response = render_error(error, new_request_id())
+        request_id = new_request_id()
+        response = render_error(error, request_id)
         response.force_close()
+        self._record_unparsed(error.status, request_id)
         return response
+
+    def _record_unparsed(self, status: int, request_id: str) -> None:
+        """Access line and metrics for a request refused before it could be parsed.
+
+        Method and path are unknown (or untrustworthy) here, so they are logged as "-".
+        """
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        self._holder.current.recorder.request("", "-", status, 0.0)
+        log.access(
+            {
+                "request_id": request_id,
+                "method": "-",
+                "path": "-",
+                "route": "",
+                "status": status,
+                "duration_ms": 0.0,
+                "upstream": "",
+                "backend": "",
+                "client_ip": peer[0] if isinstance(peer, tuple) else "",
+                "bytes_in": 0,
+                "bytes_out": 0,
+            }
+        )

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from . import log, sdnotify
 from .admin import ReloadOutcome, make_admin_app
-from .config import ConfigError, GatewayConfig, load_config
+from .config import ConfigError, ConfigIssue, GatewayConfig, load_config
 from .metrics import CONFIG_RELOADS
 from .reload import configure_logging
 
@@ -55,6 +55,10 @@ class Supervisor:
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[object]] = set()
         self._dir = Path(tempfile.mkdtemp(prefix="aiogate-"))
+        # Workers read this copy of the last *accepted* file, never the live one: a worker
+        # restarted after the file was edited (or rejected) must not crash-loop on it, nor
+        # serve a config its siblings do not.
+        self._accepted = self._dir / "accepted.yaml"
 
     # -- AdminController -------------------------------------------------------------------
     @property
@@ -79,7 +83,7 @@ class Supervisor:
 
     async def _reload(self) -> ReloadOutcome:
         try:
-            config = await asyncio.to_thread(load_config, self._path)
+            config, text = await asyncio.to_thread(self._load_stable)
         except ConfigError as exc:
             errors = tuple(str(i) for i in exc.issues)
             CONFIG_RELOADS.labels("rejected").inc()
@@ -89,6 +93,7 @@ class Supervisor:
             return ReloadOutcome(False, self._generation, errors)
         self._config = config
         self._generation += 1
+        await asyncio.to_thread(self._accept, text)
         configure_logging(config)
         # Workers re-read the file themselves; wait until each says READY again.
         self._ready_signals = 0
@@ -100,6 +105,20 @@ class Supervisor:
         except TimeoutError:
             log.get_logger("aiogate.supervisor").warning("worker_reload_slow")
         return ReloadOutcome(True, self._generation)
+
+    def _load_stable(self) -> tuple[GatewayConfig, bytes]:
+        """Validate the file and return the exact bytes that were validated."""
+        before = self._path.read_bytes() if self._path.exists() else b""
+        config = load_config(self._path)
+        if self._path.read_bytes() != before:
+            message = "the file changed while it was being validated; reload again"
+            raise ConfigError([ConfigIssue(str(self._path), 1, 1, message)])
+        return config, before
+
+    def _accept(self, text: bytes) -> None:
+        staging = self._accepted.with_suffix(".tmp")
+        staging.write_bytes(text)
+        staging.replace(self._accepted)
 
     # -- worker messages -------------------------------------------------------------------
     def on_worker_message(self, message: str) -> None:
@@ -113,6 +132,14 @@ class Supervisor:
         configure_logging(self._config)
         logger = log.get_logger("aiogate.supervisor")
         loop = asyncio.get_running_loop()
+        # Fail fast, with the CLI's clear "cannot start" line, when the proxy port is taken:
+        # otherwise every worker would die on bind and be restarted forever.
+        try:
+            _check_bindable(self._config.server.host, self._config.server.port)
+        except OSError:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            raise
+        self._accept(self._path.read_bytes())
         notify_path = str(self._dir / "notify.sock")
         notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify_sock.bind(notify_path)
@@ -184,7 +211,7 @@ class Supervisor:
             if delay:
                 await asyncio.sleep(delay)
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "aiogate", "run", "--config", str(self._path),
+                sys.executable, "-m", "aiogate", "run", "--config", str(self._accepted),
                 env=dict(env, **{WORKER_ENV: str(index)}),
             )  # fmt: skip
             self._workers[index] = process
@@ -193,5 +220,24 @@ class Supervisor:
             if self._stop.is_set():  # SIGTERM arrived while this worker ran
                 return
             del self._workers[index]
+            _forget_worker_metrics(process.pid)
             logger.error(log.WORKER_EXITED, worker=index, pid=process.pid, code=code)
             delay = _RESTART_DELAY
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Raise OSError if the workers could not bind `host:port` (bound, never listened)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+
+
+def _forget_worker_metrics(pid: int | None) -> None:
+    """A dead worker's live gauges (active connections) must stop counting."""
+    if pid is None or not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

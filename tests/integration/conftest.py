@@ -63,3 +63,37 @@ def gateway(backends: BackendThread, tmp_path_factory: pytest.TempPathFactory) -
     gw = Gateway(basic_config(backends), tmp_path_factory.mktemp("gw")).start()
     yield gw
     gw.stop()
+
+
+# -- serving-behaviour tests (routing, fidelity, limits, smuggling, errors) -------------------
+
+
+@pytest.fixture(scope="session")
+def raw_backend() -> Iterator[Any]:
+    """A socket-level backend recording the exact request bytes (see rawbackend.py)."""
+    from rawbackend import RawBackend
+
+    server = RawBackend().start()
+    yield server
+    server.stop()
+
+
+def wide_config(
+    backends: BackendThread, raw_url: str | None = None, **server: Any
+) -> dict[str, Any]:
+    """basic_config plus a catch-all `/` route to backend-1 (so /cookies, /gzip, /upload...
+    are reachable) and, with `raw_url`, `/raw` to the raw backend. `server` keys go to server:."""
+    config = basic_config(backends)
+    config["routes"] = [
+        *config["routes"],
+        {"path": "/", "upstream": "user-service", "name": "root"},
+    ]
+    if raw_url is not None:
+        config["upstreams"] = [
+            *config["upstreams"],
+            {"name": "raw", "backends": [{"url": raw_url}]},
+        ]
+        config["routes"] = [*config["routes"], {"path": "/raw", "upstream": "raw", "name": "raw"}]
+    if server:
+        config["server"] = dict(server)
+    return config

@@ -88,8 +88,9 @@ class Gateway:
 
     @staticmethod
     def _pump(stream: Any, sink: list[str]) -> None:
-        for line in stream:
-            sink.append(line.rstrip("\n"))
+        with stream:  # closed at EOF, so no ResourceWarning for the pipes
+            for line in stream:
+                sink.append(line.rstrip("\n"))
 
     def _ready(self) -> bool:
         assert self.proc is not None
