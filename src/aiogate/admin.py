@@ -13,6 +13,7 @@ from aiohttp import web
 from .config import GatewayConfig, redacted
 from .errors import NoRoute, Unauthorized, error_body
 from .metrics import CONTENT_TYPE, exposition
+from .server import new_request_id
 
 __all__ = ["AdminController", "ReloadOutcome", "make_admin_app"]
 
@@ -44,12 +45,15 @@ def _json(data: object, status: int = 200) -> web.Response:
 
 
 def _error(exc: Unauthorized | NoRoute, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=error_body(exc.code, exc.message, ""),
+    request_id = new_request_id()
+    response = web.Response(
+        body=error_body(exc.code, exc.message, request_id),
         status=exc.status,
         content_type="application/json",
         headers=headers,
     )
+    response.headers["X-Request-ID"] = request_id
+    return response
 
 
 def make_admin_app(controller: AdminController) -> web.Application:

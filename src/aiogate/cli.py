@@ -6,13 +6,18 @@ import argparse
 import asyncio
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 from . import __version__
 from .config import ConfigError, GatewayConfig, load_config
 
-__all__ = ["main"]
+__all__ = ["WORKER_ENV", "main"]
+
+#: Set by the supervisor in each worker's environment (the worker's index).
+WORKER_ENV: Final = "AIOGATE_WORKER_ID"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,8 +51,6 @@ def _check(path: Path) -> int:
 def _run(path: Path) -> int:
     import uvloop
 
-    from .supervisor import WORKER_ENV
-
     config = _load(path)
     if config is None:
         return 1
@@ -55,15 +58,28 @@ def _run(path: Path) -> int:
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
             if config.server.workers > 1 and not is_worker:
+                runtime_dir = _multiprocess_metrics_dir()
                 from .supervisor import Supervisor
 
-                return runner.run(Supervisor(path, config).run())
+                return runner.run(Supervisor(path, config, runtime_dir).run())
             from .daemon import Daemon
 
             return runner.run(Daemon(path, config, worker=is_worker).run())
         except OSError as exc:  # e.g. the port is taken: a clear line, not a traceback
             print(f"aiogate: cannot start: {exc}", file=sys.stderr)
             return 1
+
+
+def _multiprocess_metrics_dir() -> Path:
+    """A private folder for the supervisor, with prometheus_client's multiprocess files.
+
+    Set before anything imports prometheus_client: the library picks its value storage at
+    import, and the parent's own counters (reloads) must land in the shared files too.
+    """
+    runtime_dir = Path(tempfile.mkdtemp(prefix="aiogate-"))
+    (runtime_dir / "metrics").mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(runtime_dir / "metrics")
+    return runtime_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -88,7 +88,7 @@ class Daemon:
         runtime = Runtime(config)
         await runtime.start()
         holder = self._holder = RuntimeHolder(runtime)
-        self._reloader = Reloader(self._path, holder)
+        self._reloader = Reloader(self._path, holder, count_reloads=not self._worker)
         gateway = GatewayServer(holder)
         low_level = gateway.make_server()
         loop = asyncio.get_running_loop()

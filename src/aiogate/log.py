@@ -26,7 +26,10 @@ __all__ = [
     "CONFIG_REJECTED",
     "CONFIG_RELOADED",
     "INTERNAL_ERROR",
-    "LISTENING",
+    "CONFIG_RESTART_REQUIRED",
+    "RUNTIME_DRAIN_TIMEOUT",
+    "WORKERS_NOT_READY",
+    "WORKER_RELOAD_SLOW",
     "REQUEST",
     "SHUTDOWN_COMPLETE",
     "SHUTDOWN_STARTED",
@@ -45,7 +48,10 @@ REQUEST: Final = "request"
 CONFIG_RELOADED: Final = "config_reloaded"
 CONFIG_REJECTED: Final = "config_rejected"
 STARTED: Final = "gateway_started"
-LISTENING: Final = "listening"
+CONFIG_RESTART_REQUIRED: Final = "config_restart_required"
+RUNTIME_DRAIN_TIMEOUT: Final = "runtime_drain_timeout"
+WORKER_RELOAD_SLOW: Final = "worker_reload_slow"
+WORKERS_NOT_READY: Final = "workers_not_ready"
 SHUTDOWN_STARTED: Final = "shutdown_started"
 SHUTDOWN_COMPLETE: Final = "shutdown_complete"
 WORKER_STARTED: Final = "worker_started"

@@ -52,9 +52,13 @@ def restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
 class Reloader:
     """Serialises reloads and owns the tasks that drain replaced Runtimes."""
 
-    def __init__(self, config_path: Path, holder: RuntimeHolder) -> None:
+    def __init__(
+        self, config_path: Path, holder: RuntimeHolder, *, count_reloads: bool = True
+    ) -> None:
         self._path = config_path
         self._holder = holder
+        # Workers of a supervisor do not count: the parent counts each reload once.
+        self._count = count_reloads
         self._lock = asyncio.Lock()
         self._draining: set[asyncio.Task[None]] = set()
 
@@ -77,7 +81,8 @@ class Reloader:
             return self._rejected(old, (f"{self._path}: {exc}",))
         self._holder.current = new
         configure_logging(config)
-        CONFIG_RELOADS.labels("applied").inc()
+        if self._count:
+            CONFIG_RELOADS.labels("applied").inc()
         pending = restart_only_changes(old.config, config)
         log.get_logger("aiogate.reload").info(
             log.CONFIG_RELOADED,
@@ -89,14 +94,15 @@ class Reloader:
             restart_required=pending,
         )
         if pending:
-            logger.warning("config_restart_required", keys=pending)
+            logger.warning(log.CONFIG_RESTART_REQUIRED, keys=pending)
         task = asyncio.create_task(self._retire(old), name=f"retire-runtime-{old.generation}")
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
         return ReloadOutcome(True, new.generation)
 
     def _rejected(self, current: Runtime, errors: tuple[str, ...]) -> ReloadOutcome:
-        CONFIG_RELOADS.labels("rejected").inc()
+        if self._count:
+            CONFIG_RELOADS.labels("rejected").inc()
         log.get_logger("aiogate.reload").error(
             log.CONFIG_REJECTED,
             path=str(self._path),
@@ -111,7 +117,7 @@ class Reloader:
         drained = await old.drain(old.config.server.shutdown_timeout)
         if not drained:
             log.get_logger("aiogate.reload").warning(
-                "runtime_drain_timeout", generation=old.generation, in_flight=old.in_flight
+                log.RUNTIME_DRAIN_TIMEOUT, generation=old.generation, in_flight=old.in_flight
             )
         await old.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import re
 import time
 from typing import Any, Final
@@ -41,9 +42,14 @@ _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
 _HEALTHZ_BODY: Final = b'{"status":"ok"}'
 
 
+# Request ids correlate logs; they are not secrets. A PRNG seeded from the OS avoids a
+# getrandom() system call per request (os.urandom showed up at 3% of a profile).
+_ids = random.Random(os.urandom(32))
+
+
 def new_request_id() -> str:
-    """128 random bits as 32 hex digits (a uuid4's entropy, a third of uuid4().hex's cost)."""
-    return os.urandom(16).hex()
+    """128 random bits as 32 hex digits, as unique as a uuid4."""
+    return f"{_ids.getrandbits(128):032x}"
 
 
 class GatewayServer:

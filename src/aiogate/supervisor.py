@@ -15,7 +15,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 from pathlib import Path
 from typing import Final
 
@@ -23,13 +22,13 @@ from aiohttp import web
 
 from . import log, sdnotify
 from .admin import ReloadOutcome, make_admin_app
+from .cli import WORKER_ENV
 from .config import ConfigError, ConfigIssue, GatewayConfig, load_config
 from .metrics import CONFIG_RELOADS
 from .reload import configure_logging
 
-__all__ = ["WORKER_ENV", "Supervisor"]
+__all__ = ["Supervisor"]
 
-WORKER_ENV: Final = "AIOGATE_WORKER_ID"
 _RESTART_DELAY: Final = 1.0
 _RELOAD_WAIT: Final = 10.0
 
@@ -43,18 +42,22 @@ class _NotifyProtocol(asyncio.DatagramProtocol):
 
 
 class Supervisor:
-    def __init__(self, config_path: Path, config: GatewayConfig) -> None:
+    def __init__(self, config_path: Path, config: GatewayConfig, runtime_dir: Path) -> None:
+        """`runtime_dir` is private to this instance and removed at exit; its `metrics`
+        folder must already be PROMETHEUS_MULTIPROC_DIR when prometheus_client is imported,
+        so the CLI creates it before importing this module."""
         self._path = config_path
         self._config = config
         self._count = config.server.workers
         self._workers: dict[int, asyncio.subprocess.Process] = {}
         self._ready_signals = 0
         self._ready_event = asyncio.Event()
+        self._started = False
         self._stop = asyncio.Event()
         self._generation = 1
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[object]] = set()
-        self._dir = Path(tempfile.mkdtemp(prefix="aiogate-"))
+        self._dir = runtime_dir
         # Workers read this copy of the last *accepted* file, never the live one: a worker
         # restarted after the file was edited (or rejected) must not crash-loop on it, nor
         # serve a config its siblings do not.
@@ -63,7 +66,9 @@ class Supervisor:
     # -- AdminController -------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self._ready_event.is_set() and len(self._workers) == self._count
+        # Serving while at least one worker lives: the port still answers while a crashed
+        # sibling restarts, and a reload in progress is not an outage either.
+        return self._started and any(p.returncode is None for p in self._workers.values())
 
     @property
     def draining(self) -> bool:
@@ -86,13 +91,14 @@ class Supervisor:
             config, text = await asyncio.to_thread(self._load_stable)
         except ConfigError as exc:
             errors = tuple(str(i) for i in exc.issues)
-            CONFIG_RELOADS.labels("rejected").inc()
+            CONFIG_RELOADS.labels("rejected").inc()  # the parent counts; workers do not
             log.get_logger("aiogate.reload").error(
                 log.CONFIG_REJECTED, path=str(self._path), errors=list(errors)
             )
             return ReloadOutcome(False, self._generation, errors)
         self._config = config
         self._generation += 1
+        CONFIG_RELOADS.labels("applied").inc()
         await asyncio.to_thread(self._accept, text)
         configure_logging(config)
         # Workers re-read the file themselves; wait until each says READY again.
@@ -103,7 +109,7 @@ class Supervisor:
         try:
             await asyncio.wait_for(self._ready_event.wait(), _RELOAD_WAIT)
         except TimeoutError:
-            log.get_logger("aiogate.supervisor").warning("worker_reload_slow")
+            log.get_logger("aiogate.supervisor").warning(log.WORKER_RELOAD_SLOW)
         return ReloadOutcome(True, self._generation)
 
     def _load_stable(self) -> tuple[GatewayConfig, bytes]:
@@ -129,16 +135,18 @@ class Supervisor:
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> int:
+        try:
+            return await self._run()
+        finally:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    async def _run(self) -> int:
         configure_logging(self._config)
         logger = log.get_logger("aiogate.supervisor")
         loop = asyncio.get_running_loop()
         # Fail fast, with the CLI's clear "cannot start" line, when the proxy port is taken:
         # otherwise every worker would die on bind and be restarted forever.
-        try:
-            _check_bindable(self._config.server.host, self._config.server.port)
-        except OSError:
-            shutil.rmtree(self._dir, ignore_errors=True)
-            raise
+        _check_bindable(self._config.server.host, self._config.server.port)
         self._accept(self._path.read_bytes())
         notify_path = str(self._dir / "notify.sock")
         notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -146,9 +154,6 @@ class Supervisor:
         transport, _ = await loop.create_datagram_endpoint(
             lambda: _NotifyProtocol(self), sock=notify_sock
         )
-        metrics_dir = self._dir / "metrics"
-        metrics_dir.mkdir()
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         env = dict(os.environ, NOTIFY_SOCKET=notify_path)
         admin = web.AppRunner(make_admin_app(self), access_log=None)
         await admin.setup()
@@ -160,6 +165,7 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         try:
             await asyncio.wait_for(self._ready_event.wait(), 30)
+            self._started = True
             sdnotify.ready()
             logger.info(
                 log.STARTED,
@@ -169,7 +175,7 @@ class Supervisor:
                 admin=self._config.admin.listen,
             )
         except TimeoutError:
-            logger.error("workers_not_ready", workers=self._count)
+            logger.error(log.WORKERS_NOT_READY, workers=self._count)
         await self._stop.wait()
 
         sdnotify.stopping()
@@ -189,7 +195,6 @@ class Supervisor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await admin.cleanup()
         transport.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
         logger.info(log.SHUTDOWN_COMPLETE)
         log.flush()
         return 0

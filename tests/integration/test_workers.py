@@ -109,6 +109,18 @@ def test_sighup_reloads_every_worker(workers_gw: Gateway) -> None:
     assert {e["generation"] for e in events} == {2}
     # every worker serves the new route, whichever takes the connection
     assert all(get_fresh_connection(f"{gw.url}/w") == 200 for _ in range(10))
+    # the parent counts the reload once (its counter is in the aggregated files too)
+    text = metrics_text(gw)
+    assert dict(metric_values(text, "aiogate_config_reloads_total")) == {'result="applied"': 1.0}
+
+
+def test_readyz_stays_200_through_a_reload(workers_gw: Gateway) -> None:
+    gw = workers_gw
+    done = len(gw.events("config_reloaded"))
+    gw.signal(signal.SIGHUP)
+    while len(gw.events("config_reloaded")) < done + 2:
+        assert http_status(f"{gw.admin_url}/readyz") == 200
+    gw.wait_event("config_reloaded", done + 2)
 
 
 def test_a_killed_worker_is_restarted(workers_gw: Gateway) -> None:

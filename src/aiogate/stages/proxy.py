@@ -86,12 +86,21 @@ def filter_request_headers(
     return [(name, value) for name, value in source.items() if name.lower() not in drop]
 
 
-def filter_response_headers(headers: list[tuple[str, str]]) -> CIMultiDict[str]:
-    drop: frozenset[str] | set[str] = _RESPONSE_DROP
+def filter_response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """End-to-end response headers, as pairs (aiohttp builds its multidict from them once)."""
+    kept = []
+    named: list[str] = []
     for name, value in headers:
-        if name.lower() == "connection":
-            drop = drop | _connection_tokens(value)
-    return CIMultiDict((n, v) for n, v in headers if n.lower() not in drop)
+        lowered = name.lower()
+        if lowered in _RESPONSE_DROP:
+            if lowered == "connection":
+                named.append(value)
+            continue
+        kept.append((lowered, name, value))
+    if named:
+        extra = set().union(*(_connection_tokens(v) for v in named))
+        return [(name, value) for lowered, name, value in kept if lowered not in extra]
+    return [(name, value) for _, name, value in kept]
 
 
 async def _prepare_relayed_headers(response: web.StreamResponse, prepare: _Prepare) -> None:
@@ -259,9 +268,8 @@ class Proxy:
         self, ctx: RequestContext, request: web.BaseRequest, upstream: UpstreamResponse
     ) -> web.StreamResponse:
         headers = filter_response_headers(upstream.headers)
-        headers["X-Request-ID"] = ctx.request_id
-        for name, value in ctx.response_headers:
-            headers.add(name, value)
+        headers.append(("X-Request-ID", ctx.request_id))
+        headers += ctx.response_headers
         length = upstream.content_length
         if length is not None and length <= _BUFFER_LIMIT:
             try:
@@ -285,7 +293,7 @@ class Proxy:
 
     @staticmethod
     def _bodiless(
-        ctx: RequestContext, upstream: UpstreamResponse, headers: CIMultiDict[str]
+        ctx: RequestContext, upstream: UpstreamResponse, headers: list[tuple[str, str]]
     ) -> web.StreamResponse:
         """HEAD, 204, 304: no body follows, but a HEAD's Content-Length describes the resource."""
         response = _RelayedWhole(status=upstream.status, reason=upstream.reason, headers=headers)
@@ -301,7 +309,7 @@ class Proxy:
         ctx: RequestContext,
         request: web.BaseRequest,
         upstream: UpstreamResponse,
-        headers: CIMultiDict[str],
+        headers: list[tuple[str, str]],
     ) -> web.StreamResponse:
         response = _Relayed(status=upstream.status, reason=upstream.reason, headers=headers)
         if upstream.content_length is not None:
