@@ -15,6 +15,7 @@ from aiohttp import web
 
 from .config import GatewayConfig
 from .metrics import RequestRecorder
+from .redisconn import make_redis
 from .router import Router
 from .runtime_types import CompiledRoute
 from .stages import Next, Stage, compose
@@ -35,6 +36,8 @@ class Runtime:
         self.config = config
         self.generation = generation
         self.recorder = _RECORDER
+        #: Shared by every Redis-backed feature of this Runtime; None without `redis:`.
+        self.redis = make_redis(config.redis) if config.redis is not None else None
         self.pools = {u.name: UpstreamPool(u) for u in config.upstreams}
         routes: list[tuple[str, frozenset[str] | None, CompiledRoute]] = []
         for route in config.routes:
@@ -84,6 +87,8 @@ class Runtime:
     async def close(self) -> None:
         for pool in self.pools.values():
             await pool.close()
+        if self.redis is not None:
+            await self.redis.aclose()
 
     # -- per request -----------------------------------------------------------------------
     def client_address(self, request: web.BaseRequest) -> tuple[str, str, bool]:

@@ -13,7 +13,6 @@ from pathlib import Path
 import aiohttp
 import pytest
 from backend import BackendThread
-from conftest import basic_config
 from gateway import Gateway, wait_until
 from lifecycle_support import (
     established_on,
@@ -23,6 +22,8 @@ from lifecycle_support import (
     metrics_text,
     pid_alive,
 )
+
+from conftest import basic_config
 
 
 def worker_pids(gw: Gateway) -> dict[int, int]:

@@ -1,0 +1,21 @@
+"""Fixtures shared by unit and integration tests."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from redis_server import RedisServer
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of this test's own: kill() and restart() it to test outages."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
