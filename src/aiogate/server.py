@@ -40,6 +40,7 @@ __all__ = ["GatewayServer"]
 # in logs and upstream headers, so anything else is replaced by a fresh id.
 _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
 _HEALTHZ_BODY: Final = b'{"status":"ok"}'
+_LINGER_AFTER_408: Final = 1.0
 
 
 # Request ids correlate logs; they are not secrets. A PRNG seeded from the OS avoids a
@@ -209,7 +210,14 @@ class _Protocol(RequestHandler):
     the moment the parser has the full head; if it fires first the client gets 408 and is closed.
     """
 
-    __slots__ = ("_head_count", "_head_timer", "_header_timeout", "_holder", "_seen_bytes")
+    __slots__ = (
+        "_head_count",
+        "_head_timer",
+        "_header_timeout",
+        "_holder",
+        "_lingering",
+        "_seen_bytes",
+    )
 
     def __init__(self, manager: web.Server, *, holder: RuntimeHolder, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -218,6 +226,7 @@ class _Protocol(RequestHandler):
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_count = 0
         self._seen_bytes = False
+        self._lingering = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -232,6 +241,8 @@ class _Protocol(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:
+            return  # after a 408 nothing more is parsed: the rest is drained and dropped
         if (
             self._head_timer is None
             and self._request_count == self._head_count
@@ -287,6 +298,14 @@ class _Protocol(RequestHandler):
                 b"Content-Length: %d\r\n\r\n%s" % (request_id.encode(), len(body), body)
             )
             self._record_unparsed(408, request_id)
+            # Lingering close, as nginx does: a slowloris client is still sending, and closing
+            # on unread bytes makes the kernel send RST, which can destroy the 408 before the
+            # client reads it. Half-close, discard what still arrives, close a moment later.
+            self._lingering = True
+            if transport.can_write_eof():
+                transport.write_eof()
+            self._loop.call_later(_LINGER_AFTER_408, self.force_close)
+            return
         self.force_close()
 
     def handle_error(
