@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 from backend import BackendThread
-from conftest import basic_config
 from gateway import ROOT, free_port
 from yaml_dump import dump
 
 import aiogate
+from conftest import basic_config
 
 AIOGATE = Path(sys.executable).with_name("aiogate")
 UNIT = ROOT / "systemd" / "aiogate.service"

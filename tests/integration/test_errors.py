@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 from backend import BackendThread
-from conftest import wide_config
 from gateway import Gateway, free_port
 from wire import (
     access_line,
@@ -20,6 +19,8 @@ from wire import (
     recv_all,
     request,
 )
+
+from conftest import wide_config
 
 
 @pytest.fixture(scope="module")

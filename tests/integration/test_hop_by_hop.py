@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 from backend import BackendThread
-from conftest import wide_config
 from gateway import Gateway
 from wire import access_line, connect, new_id, read_reply, request, seen_with
+
+from conftest import wide_config
 
 HOP_BY_HOP = {
     "connection",

@@ -13,9 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 from backend import BackendThread
-from conftest import basic_config
 from gateway import Gateway, wait_until
 from lifecycle_support import async_wait_until, http_status, metric_sum, refused, routes_with
+
+from conftest import basic_config
 
 ISSUE = re.compile(r"^(?P<file>/\S+):(?P<line>\d+):(?P<col>\d+): (?P<message>.+)$")
 SLOW_ROUTE = {"path": "/slow", "upstream": "user-service", "name": "slow"}

@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 from backend import BackendThread
-from conftest import wide_config
 from gateway import Gateway
 from wire import (
     assert_gateway_error,
@@ -22,6 +21,8 @@ from wire import (
     seen_with,
     wait_closed,
 )
+
+from conftest import wide_config
 
 LIMIT = 1024 * 1024
 HEADER_TIMEOUT = 1.0

@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 from backend import BackendThread
-from conftest import wide_config
 from gateway import Gateway
 from wire import access_line, new_id, request, seen_with
+
+from conftest import wide_config
 
 ACCESS_FIELDS = {
     "event",

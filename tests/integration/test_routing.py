@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from backend import BackendThread
-from conftest import basic_config
 from gateway import Gateway
 from wire import (
     access_line,
@@ -17,6 +16,8 @@ from wire import (
     seen_count,
     seen_with,
 )
+
+from conftest import basic_config
 
 
 def routing_config(backends: BackendThread) -> dict[str, Any]:

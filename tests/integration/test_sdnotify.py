@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 from backend import BackendThread
-from conftest import basic_config
 from gateway import Gateway
 from lifecycle_support import NotifySocket
+
+from conftest import basic_config
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from backend import BackendThread
-from conftest import wide_config
 from gateway import Gateway, wait_until
 from wire import (
     assert_gateway_error,
@@ -23,6 +22,8 @@ from wire import (
     recv_all,
     seen_count,
 )
+
+from conftest import wide_config
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 from backend import BackendThread
-from conftest import wide_config
 from gateway import Gateway
 from wire import new_id, seen_with
+
+from conftest import wide_config
 
 MiB = 1024 * 1024
 SIZE = 200 * MiB
