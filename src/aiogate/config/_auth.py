@@ -7,6 +7,8 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_validator
 
 from ._base import (
@@ -19,9 +21,9 @@ from ._base import (
     one_or_many,
     string_list,
 )
-from .units import Duration
+from .units import Duration, Size
 
-__all__ = ["ApiKeyConfig", "ApiKeyEntry", "AuthConfig", "JwtConfig"]
+__all__ = ["ApiKeyConfig", "ApiKeyEntry", "AuthConfig", "JwtConfig", "public_key_type"]
 
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 PUBLIC_KEY_ALGORITHMS = frozenset(
@@ -53,6 +55,24 @@ class JwtConfig(Model):
     required_claims: StrList = ()
     require_exp: bool = True
     forward_claims: Mapping[str, HeaderName] = Field(default_factory=dict)
+    #: Where else a token may come from (besides `Authorization: Bearer`).
+    cookie: str | None = Field(default=None, min_length=1)
+    query_param: str | None = Field(default=None, min_length=1)
+    #: Send the client's `Authorization` header upstream too (default: stripped).
+    forward_token: bool = False
+    #: The claims naming the consumer and its tier (rate-limit tiers, logs).
+    subject_claim: str = Field(default="sub", min_length=1)
+    tier_claim: str | None = Field(default=None, min_length=1)
+    #: Longer tokens are rejected before any parsing.
+    max_token_size: Annotated[Size, Field(gt=0)] = 8192
+    #: Verified tokens are cached until their `exp`, but never longer than `cache_ttl`.
+    cache_size: Annotated[int, Field(ge=0)] = 10_000
+    cache_ttl: Annotated[Duration, Field(ge=0)] = 300.0
+    #: JWKS: refreshed every `jwks_refresh`; an unknown `kid` refetches at most once per
+    #: `jwks_cooldown`; one fetch may take `jwks_timeout`.
+    jwks_refresh: Annotated[Duration, Field(gt=0)] = 300.0
+    jwks_cooldown: Annotated[Duration, Field(ge=0)] = 30.0
+    jwks_timeout: Annotated[Duration, Field(gt=0)] = 5.0
 
     @field_validator("algorithms")
     @classmethod
@@ -81,6 +101,15 @@ class JwtConfig(Model):
                     pass
             except OSError as exc:
                 fail(f"cannot read '{value}': {exc.strerror or exc}")
+        # The content is parsed when the Runtime is built: a file that is not a PEM public key
+        # leaves the asymmetric algorithms without a key (401 `no_key`, logged), never open.
+        return value
+
+    @field_validator("public_key")
+    @classmethod
+    def _pem(cls, value: str | None) -> str | None:
+        if value is not None:
+            public_key_type(value.encode(), "public_key")
         return value
 
     @field_validator("jwks_url")
@@ -103,13 +132,40 @@ class JwtConfig(Model):
                     "algorithms",
                     index,
                 )
+        if self.public_key is not None and self.public_key_file is not None:
+            fail("give either 'public_key' or 'public_key_file', not both", "public_key_file")
         return self
+
+    def pem(self) -> bytes | None:
+        """The configured PEM public key (inline or from its file), if any."""
+        if self.public_key is not None:
+            return self.public_key.encode()
+        if self.public_key_file is not None:
+            with open(self.public_key_file, "rb") as file:
+                return file.read()
+        return None
+
+
+def public_key_type(pem: bytes, what: str) -> Literal["RSA", "EC", "OKP"]:
+    """The key family of a PEM public key; a config error when it is not one."""
+    try:
+        key = load_pem_public_key(pem)
+    except (ValueError, TypeError) as exc:
+        fail(f"{what} is not a PEM public key: {exc}")
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RSA"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "EC"
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return "OKP"
+    return fail(f"{what}: unsupported key type {type(key).__name__}")
 
 
 class ApiKeyEntry(Model):
     key: SecretStr | None = None
     key_sha256: str | None = None
     consumer: str = Field(min_length=1)
+    tier: str | None = Field(default=None, min_length=1)
 
     @field_validator("key_sha256")
     @classmethod
@@ -142,8 +198,14 @@ class ApiKeyEntry(Model):
 
 class ApiKeyConfig(Model):
     header: str = "X-API-Key"
+    #: Also accept the key from this query parameter (removed before forwarding).
+    query_param: str | None = Field(default=None, min_length=1)
     keys: tuple[ApiKeyEntry, ...] = ()
     store: Literal["memory", "redis"] = "memory"
+    #: Redis store: how long a found / not-found answer is reused before asking Redis again.
+    cache_ttl: Annotated[Duration, Field(ge=0)] = 30.0
+    negative_cache_ttl: Annotated[Duration, Field(ge=0)] = 5.0
+    cache_size: Annotated[int, Field(ge=0)] = 10_000
 
     @field_validator("header")
     @classmethod
@@ -162,5 +224,7 @@ class ApiKeyConfig(Model):
 
 
 class AuthConfig(Model):
+    #: The realm named in `WWW-Authenticate`.
+    realm: str = Field(default="aiogate", pattern=r'^[^"\\\x00-\x1f\x7f]+$')
     jwt: JwtConfig | None = None
     api_key: ApiKeyConfig | None = None

@@ -40,6 +40,7 @@ auth: {api_key: {keys: [{key_sha256: "%s", consumer: c}]}}
         "key": None,
         "key_sha256": "ab" * 32,
         "consumer": "c",
+        "tier": None,
     }
     assert "hunter2" not in json.dumps(dump)
 

@@ -1,0 +1,92 @@
+"""Everything authentication needs for one Runtime: verifiers, the JWKS client and its task.
+
+The Runtime owns one AuthServices: `start()` launches the JWKS refresh task, `close()` cancels
+and awaits it and closes the HTTP session, so a reload never leaks a task or a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Final
+
+import aiohttp
+
+from ..config import AuthConfig, RouteConfig
+from .apikey import ApiKeyVerifier, RedisKeyStore
+from .jwks import JwksKeySet
+from .jwt import JwtVerifier
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from ..stages.auth import Authenticate
+
+__all__ = ["AuthServices"]
+
+#: A JWKS document larger than this is refused (a real one is a few KiB).
+_MAX_JWKS_BYTES: Final = 1024 * 1024
+
+
+class AuthServices:
+    def __init__(self, config: AuthConfig, *, redis: aioredis.Redis | None = None) -> None:
+        self.config = config
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.jwks: JwksKeySet | None = None
+        self.jwt: JwtVerifier | None = None
+        self.api_key: ApiKeyVerifier | None = None
+        jwt_config = config.jwt
+        if jwt_config is not None:
+            if jwt_config.jwks_url is not None:
+                self.jwks = JwksKeySet(
+                    jwt_config.jwks_url,
+                    self._fetch,
+                    refresh=jwt_config.jwks_refresh,
+                    cooldown=jwt_config.jwks_cooldown,
+                )
+            self.jwt = JwtVerifier(jwt_config, jwks=self.jwks)
+        key_config = config.api_key
+        if key_config is not None:
+            store = None
+            if key_config.store == "redis":
+                assert redis is not None  # the config checks demand a `redis:` section
+                store = RedisKeyStore(redis)
+            self.api_key = ApiKeyVerifier(key_config, store=store)
+
+    def stage(self, route: RouteConfig) -> Authenticate:
+        from ..stages.auth import Authenticate
+
+        assert route.auth is not None
+        return Authenticate(route.label, route.auth, self)
+
+    async def start(self) -> None:
+        if self.jwks is not None and self._task is None:
+            self._task = asyncio.create_task(self.jwks.run(), name="aiogate-jwks-refresh")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def _fetch(self, url: str) -> bytes:
+        assert self.config.jwt is not None
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.config.jwt.jwks_timeout),
+                headers={"Accept": "application/json"},
+            )
+        async with self._session.get(url, allow_redirects=False) as response:
+            if response.status != 200:
+                raise ValueError(f"HTTP {response.status}")
+            body = bytearray()
+            async for chunk in response.content.iter_chunked(64 * 1024):
+                body += chunk
+                if len(body) > _MAX_JWKS_BYTES:
+                    raise ValueError(f"JWKS larger than {_MAX_JWKS_BYTES} bytes")
+            return bytes(body)

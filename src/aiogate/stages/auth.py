@@ -1,0 +1,205 @@
+"""The auth stage: find the route's credential, verify it, apply the route's claim rules.
+
+Missing or invalid credentials are 401 with `WWW-Authenticate: Bearer` (RFC 6750), a valid
+token that lacks a required claim is 403, and an API-key store that cannot answer is 503
+`auth_unavailable`. Every rejection is counted in `aiogate_auth_failures_total{route,reason}`
+and logged as `auth_failed` with its reason; the credential itself is never logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+from urllib.parse import unquote_plus
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from .. import log
+from ..auth import AuthFailure, Consumer
+from ..config import RouteAuth
+from ..context import RequestContext
+from ..errors import Forbidden, GatewayError, ServiceUnavailable, Unauthorized
+from ..metrics import AUTH_FAILURES
+from . import Next
+
+if TYPE_CHECKING:
+    from ..auth import AuthServices
+
+__all__ = ["Authenticate"]
+
+_MISSING: Final = "missing_credentials"
+
+
+class Authenticate:
+    name: ClassVar[str] = "auth"
+
+    __slots__ = (
+        "_api_key",
+        "_challenge",
+        "_claim_rules",
+        "_cookie",
+        "_drop",
+        "_failures",
+        "_jwt",
+        "_jwt_query",
+        "_key_header",
+        "_key_query",
+        "_required_claims",
+        "_route",
+        "_strip_query",
+        "_types",
+    )
+
+    def __init__(self, route: str, policy: RouteAuth, services: AuthServices) -> None:
+        config = services.config
+        self._route = route
+        self._types = policy.types
+        self._jwt = services.jwt if "jwt" in policy.types else None
+        self._api_key = services.api_key if "api_key" in policy.types else None
+        self._challenge = f'Bearer realm="{config.realm}"'
+        drop: set[str] = set()
+        strip_query: set[str] = set()
+        self._cookie: str | None = None
+        self._jwt_query: str | None = None
+        self._key_header: str | None = None
+        self._key_query: str | None = None
+        if self._jwt is not None and config.jwt is not None:
+            self._cookie = config.jwt.cookie
+            self._jwt_query = config.jwt.query_param
+            drop.update(header.lower() for header in config.jwt.forward_claims.values())
+            if not config.jwt.forward_token:
+                drop.add("authorization")
+        if self._api_key is not None and config.api_key is not None:
+            self._key_header = config.api_key.header
+            self._key_query = config.api_key.query_param
+            drop.add(self._key_header.lower())
+        for param in (self._jwt_query, self._key_query):
+            if param is not None:
+                strip_query.add(param)
+        self._drop = frozenset(drop)
+        self._strip_query = frozenset(strip_query)
+        self._required_claims = policy.required_claims
+        self._claim_rules: tuple[tuple[str, frozenset[str]], ...] = tuple(
+            (claim, frozenset((rule,) if isinstance(rule, str) else rule))
+            for claim, rule in policy.claims.items()
+        )
+        self._failures: dict[str, Counter] = {}
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> web.StreamResponse:
+        try:
+            consumer = await self._authenticate(ctx)
+            if self._required_claims or self._claim_rules:
+                self._authorize(consumer.claims)
+        except AuthFailure as failure:
+            raise self._reject(ctx, failure) from None
+        ctx.consumer = consumer.name
+        ctx.tier = consumer.tier
+        ctx.api_key_id = consumer.key_id
+        ctx.claims = consumer.claims
+        ctx.upstream_drop = self._drop
+        ctx.upstream_add = consumer.headers
+        if self._strip_query and ctx.query:
+            ctx.query = _without_params(ctx.query, self._strip_query)
+        return await call_next(ctx)
+
+    async def _authenticate(self, ctx: RequestContext) -> Consumer:
+        """The first credential present, in the route's `type` order, decides."""
+        for kind in self._types:
+            if kind == "jwt" and self._jwt is not None:
+                token = self._token(ctx)
+                if token is not None:
+                    return await self._jwt.verify(token)
+            elif kind == "api_key" and self._api_key is not None:
+                key = self._key(ctx)
+                if key is not None:
+                    return await self._api_key.verify(key)
+        raise AuthFailure(_MISSING, "credentials are required")
+
+    def _token(self, ctx: RequestContext) -> str | None:
+        headers = ctx.request.headers
+        value = headers.get("Authorization")
+        if value is not None and value[:7].lower() == "bearer ":
+            token = value[7:].strip()
+            if not token:
+                raise AuthFailure("malformed_token", "the bearer token is empty")
+            return token
+        if self._cookie is not None:
+            cookie = ctx.request.cookies.get(self._cookie)
+            if cookie:
+                return cookie
+        if self._jwt_query is not None and ctx.query:
+            return _query_value(ctx.query, self._jwt_query)
+        return None
+
+    def _key(self, ctx: RequestContext) -> str | None:
+        assert self._key_header is not None
+        key = ctx.request.headers.get(self._key_header)
+        if key:
+            return key.strip()
+        if self._key_query is not None and ctx.query:
+            return _query_value(ctx.query, self._key_query)
+        return None
+
+    def _authorize(self, claims: Mapping[str, Any]) -> None:
+        # An API key carries no claims: on a route with claim rules it never passes them.
+        for claim in self._required_claims:
+            if claim not in claims:
+                raise AuthFailure("missing_claim", f"a '{claim}' claim is required here", 403)
+        for claim, allowed in self._claim_rules:
+            if not _claim_values(claims.get(claim)) & allowed:
+                raise AuthFailure(
+                    "insufficient_claims", f"the '{claim}' claim does not allow this route", 403
+                )
+
+    def _reject(self, ctx: RequestContext, failure: AuthFailure) -> GatewayError:
+        counter = self._failures.get(failure.reason)
+        if counter is None:
+            counter = self._failures[failure.reason] = AUTH_FAILURES.labels(
+                self._route, failure.reason
+            )
+        counter.inc()
+        log.get_logger("aiogate.auth").info(
+            log.AUTH_FAILED, route=self._route, reason=failure.reason, status=failure.status,
+            request_id=ctx.request_id, client_ip=ctx.client_ip,
+        )  # fmt: skip
+        if failure.status == 503:
+            return ServiceUnavailable(failure.description, code="auth_unavailable")
+        if failure.status == 403:
+            challenge = f'{self._challenge}, error="insufficient_scope"'
+            return Forbidden(failure.description, headers={"WWW-Authenticate": challenge})
+        if failure.reason == _MISSING:
+            challenge = self._challenge
+        else:
+            challenge = (
+                f'{self._challenge}, error="invalid_token", '
+                f'error_description="{failure.description}"'
+            )
+        return Unauthorized(failure.description, headers={"WWW-Authenticate": challenge})
+
+
+def _claim_values(value: Any) -> frozenset[str]:
+    """A claim as a set of strings: lists item by item, a `scope` string word by word."""
+    if isinstance(value, str):
+        return frozenset((value, *value.split()))
+    if isinstance(value, list):
+        return frozenset(str(item) for item in value if isinstance(item, str | int))
+    if isinstance(value, bool) or value is None:
+        return frozenset()
+    if isinstance(value, int):
+        return frozenset((str(value),))
+    return frozenset()
+
+
+def _query_value(query: str, name: str) -> str | None:
+    for part in query.split("&"):
+        key, sep, value = part.partition("=")
+        if sep and unquote_plus(key) == name and value:
+            return unquote_plus(value)
+    return None
+
+
+def _without_params(query: str, names: frozenset[str]) -> str:
+    """The raw query minus the credential parameters (the rest is forwarded byte-exact)."""
+    kept = [part for part in query.split("&") if unquote_plus(part.partition("=")[0]) not in names]
+    return "&".join(kept)
