@@ -1,0 +1,104 @@
+"""The rate-limit stage: every applicable limit must admit the request.
+
+The limits of a route are resolved at Runtime build (global `rate_limits` plus the route's
+`rate_limit`, or the consumer's tier set in place of the latter). Per request this stage only
+reads the dimension values, asks the limiter once, and records the headers of the most
+restrictive limit in `ctx.response_headers`, so the proxied response and any error alike
+carry them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import ClassVar
+
+from aiohttp import web
+from prometheus_client import Counter
+
+from .. import log
+from ..context import RequestContext
+from ..errors import TooManyRequests
+from ..metrics import RATELIMIT_REJECTIONS
+from ..ratelimit.base import Limit, Limiter
+from . import Next
+
+__all__ = ["RateLimit"]
+
+
+def _policy(limits: tuple[Limit, ...], shared: bool) -> str:
+    # draft-ietf-httpapi-ratelimit-headers: one item per policy, quota q per window w.
+    return ", ".join(
+        f'"{_sf(limit.id)}";q={limit.limit if shared else limit.local_limit};'
+        f"w={math.ceil(limit.window)}"
+        for limit in limits
+    )
+
+
+def _sf(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+class RateLimit:
+    name: ClassVar[str] = "ratelimit"
+
+    __slots__ = ("_default", "_limiter", "_policies", "_rejections", "_route", "_tiers")
+
+    def __init__(
+        self,
+        route_label: str,
+        default: tuple[Limit, ...],
+        tiers: Mapping[str, tuple[Limit, ...]],
+        limiter: Limiter,
+        *,
+        shared: bool,
+    ) -> None:
+        self._route = route_label
+        self._default = default
+        self._tiers = dict(tiers)
+        self._limiter = limiter
+        sets = [default, *self._tiers.values()]
+        self._policies = {id(limits): _policy(limits, shared) for limits in sets}
+        self._rejections: dict[str, Counter] = {
+            limit.id: RATELIMIT_REJECTIONS.labels(route_label, limit.dimension)
+            for limits in sets
+            for limit in limits
+        }
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> web.StreamResponse:
+        limits = self._default
+        if self._tiers and ctx.tier is not None:
+            limits = self._tiers.get(ctx.tier, limits)
+        if not limits:
+            return await call_next(ctx)
+        if len(limits) == 1:
+            values = [limits[0].value(ctx)]
+        else:
+            values = [limit.value(ctx) for limit in limits]
+        verdict = await self._limiter.acquire(limits, values)
+        reported = verdict.reported
+        reset = math.ceil(verdict.reset)
+        remaining = str(verdict.remaining)
+        ctx.response_headers += (
+            ("X-RateLimit-Limit", str(verdict.limit)),
+            ("X-RateLimit-Remaining", remaining),
+            ("X-RateLimit-Reset", str(reset)),
+            ("RateLimit-Policy", self._policies[id(limits)]),
+            ("RateLimit", f'"{_sf(reported.id)}";r={remaining};t={reset}'),
+        )
+        if verdict.admitted:
+            return await call_next(ctx)
+        retry = max(1, math.ceil(verdict.retry_after))
+        self._rejections[reported.id].inc()
+        log.get_logger("aiogate.ratelimit").info(
+            log.RATELIMIT_REJECTED,
+            request_id=ctx.request_id,
+            route=self._route,
+            limit=reported.id,
+            dimension=reported.dimension,
+            client_ip=ctx.client_ip,
+            retry_after=retry,
+        )
+        raise TooManyRequests(
+            f"rate limit exceeded; retry in {retry} s", headers={"Retry-After": str(retry)}
+        )
