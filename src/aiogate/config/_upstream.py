@@ -6,16 +6,26 @@ import shlex
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BeforeValidator,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
-from ._base import Model, check_host, fail, string_list
+from ._base import HTTP_TOKEN, Model, check_host, fail, string_list
 from .units import Duration
 
 __all__ = [
     "BackendConfig",
     "UpstreamTlsConfig",
     "CircuitBreakerConfig",
+    "FallbackResponseConfig",
     "HealthCheckConfig",
+    "PassiveHealthConfig",
     "RetriesConfig",
     "UpstreamConfig",
 ]
@@ -23,11 +33,53 @@ __all__ = [
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
+def _statuses(value: Any) -> Any:
+    """`[502, 503]`, or ranges as strings: `["200-399"]`."""
+    if isinstance(value, int | str):
+        value = [value]
+    if not isinstance(value, list | tuple):
+        return value
+    out: list[Any] = []
+    for item in value:
+        if isinstance(item, str) and "-" in item:
+            low, _, high = item.partition("-")
+            try:
+                out.extend(range(int(low), int(high) + 1))
+            except ValueError:
+                fail(f"invalid status range '{item}'")
+        else:
+            out.append(item)
+    return tuple(out)
+
+
+Statuses = Annotated[tuple[Annotated[int, Field(ge=100, le=599)], ...], BeforeValidator(_statuses)]
+
+
+class FallbackResponseConfig(Model):
+    """What a client gets instead of the JSON 503 while every backend's circuit is open."""
+
+    status: int = Field(default=503, ge=200, le=599)
+    body: str = ""
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, header in value.items():
+            if not HTTP_TOKEN.fullmatch(name):
+                fail(f"invalid header name '{name}'")
+            if any(c in header for c in "\r\n\0"):
+                fail(f"header '{name}' has CR, LF or NUL in its value")
+        return value
+
+
 class CircuitBreakerConfig(Model):
+    enabled: bool = True
     failure_threshold: int = Field(default=5, ge=1)
     success_threshold: int = Field(default=2, ge=1)
     timeout: Annotated[Duration, Field(gt=0)] = 60.0
     half_open_requests: int = Field(default=3, ge=1)
+    fallback: FallbackResponseConfig | None = None
 
 
 class BackendConfig(Model):
@@ -103,7 +155,14 @@ def _command(value: Any) -> Any:
 class HealthCheckConfig(Model):
     type: Literal["http", "tcp", "script"] = "http"
     path: str = "/health"
+    method: Literal["GET", "HEAD", "OPTIONS"] = "GET"
+    #: Statuses that count as healthy; empty = any 2xx or 3xx.
+    expected_statuses: Statuses = ()
+    #: Host header of http checks; default: the backend's authority.
+    host: str | None = None
     interval: Annotated[Duration, Field(gt=0)] = 10.0
+    #: Each wait is interval +/- this share of it, so checks of many gateways do not align.
+    jitter: float = Field(default=0.1, ge=0, le=0.5)
     timeout: Annotated[Duration, Field(gt=0)] = 5.0
     unhealthy_threshold: int = Field(default=3, ge=1)
     healthy_threshold: int = Field(default=2, ge=1)
@@ -125,16 +184,60 @@ class HealthCheckConfig(Model):
         return self
 
 
-class RetriesConfig(Model):
-    attempts: int = Field(default=0, ge=0)
-    backoff: Annotated[Duration, Field(ge=0)] = 0.025
-    max_backoff: Annotated[Duration, Field(ge=0)] = 0.25
+class PassiveHealthConfig(Model):
+    """Outlier ejection from real traffic: consecutive failures take a backend out for a while."""
+
+    consecutive_failures: int = Field(default=5, ge=1)
+    #: Upstream statuses that count as failures (connect errors and timeouts always do).
+    statuses: Statuses = (502, 503, 504)
+    #: First ejection; the n-th consecutive one lasts n times as long, up to max_ejection_time.
+    ejection_time: Annotated[Duration, Field(gt=0)] = 30.0
+    max_ejection_time: Annotated[Duration, Field(gt=0)] = 300.0
+    #: Never more than this share of the backends ejected at once (at least one may be).
+    max_ejection_percent: int = Field(default=50, ge=0, le=100)
 
     @model_validator(mode="after")
-    def _ordered(self) -> RetriesConfig:
-        if self.max_backoff < self.backoff:
-            fail("must be >= backoff", "max_backoff")
+    def _ordered(self) -> PassiveHealthConfig:
+        if self.max_ejection_time < self.ejection_time:
+            fail("must be >= ejection_time", "max_ejection_time")
         return self
+
+
+class RetriesConfig(Model):
+    attempts: int = Field(default=0, ge=0)
+    #: Full jitter: the n-th retry waits uniform(0, min(max_delay, base_delay * 2**n)).
+    base_delay: Annotated[Duration, Field(ge=0)] = Field(
+        default=0.025, validation_alias=AliasChoices("base_delay", "backoff")
+    )
+    max_delay: Annotated[Duration, Field(ge=0)] = Field(
+        default=0.25, validation_alias=AliasChoices("max_delay", "max_backoff")
+    )
+    #: Upstream statuses retried (idempotent methods only, like timeouts).
+    on_statuses: Statuses = (502, 503, 504)
+    on_timeout: bool = True
+    #: Retries may be at most this share of requests (plus `budget_reserve`): no retry storms.
+    budget: float = Field(default=0.2, ge=0, le=1)
+    budget_reserve: int = Field(default=10, ge=0)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _ordered(cls, data: Any, handler: ModelWrapValidatorHandler[RetriesConfig]) -> Any:
+        model = handler(data)
+        if model.max_delay < model.base_delay:
+            # Word the error with the spelling the file used (`backoff`/`max_backoff` too).
+            keys = data if isinstance(data, dict) else {}
+            low = "backoff" if "backoff" in keys else "base_delay"
+            high = "max_backoff" if "max_backoff" in keys else "max_delay"
+            fail(f"must be >= {low}", high)
+        return model
+
+    @property
+    def backoff(self) -> float:
+        return self.base_delay
+
+    @property
+    def max_backoff(self) -> float:
+        return self.max_delay
 
 
 class UpstreamTlsConfig(Model):
@@ -157,7 +260,9 @@ class UpstreamTlsConfig(Model):
         return value
 
 
-Strategy = Literal["round_robin", "least_connections", "weighted_round_robin", "ip_hash", "random"]
+Strategy = Literal[
+    "round_robin", "least_connections", "weighted_round_robin", "ip_hash", "random", "p2c_ewma"
+]
 
 
 class UpstreamConfig(Model):
@@ -165,11 +270,18 @@ class UpstreamConfig(Model):
     strategy: Strategy = "round_robin"
     backends: tuple[BackendConfig, ...] = Field(min_length=1)
     health_check: HealthCheckConfig | None = None
+    passive_health_check: PassiveHealthConfig | None = None
     retries: RetriesConfig = RetriesConfig()
     timeout: Annotated[Duration, Field(gt=0)] = 30.0
     connect_timeout: Annotated[Duration, Field(gt=0)] = 5.0
+    #: Longest wait for the response head once the request is out; None = only `timeout`.
+    read_timeout: Annotated[Duration | None, Field(gt=0)] = None
     circuit_breaker: CircuitBreakerConfig | None = None
+    #: A recovered or new backend's weight ramps from 10% to 100% over this long.
+    slow_start: Annotated[Duration, Field(ge=0)] = 0.0
     max_idle_connections: int = Field(default=64, ge=0)
+    #: Requests in flight per backend; a backend at its limit takes no more (None = no limit).
+    max_connections: int | None = Field(default=None, ge=1)
     keepalive_timeout: Annotated[Duration, Field(gt=0)] = 60.0
     tls: UpstreamTlsConfig = UpstreamTlsConfig()
 

@@ -8,6 +8,7 @@ a 200 MiB upload or download runs in flat memory.
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
@@ -15,8 +16,10 @@ from typing import Final
 from aiohttp import hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
+from prometheus_client import Counter
 
 from .. import log
+from ..config import FallbackResponseConfig, RetriesConfig
 from ..context import RequestContext
 from ..errors import (
     BadGateway,
@@ -26,7 +29,7 @@ from ..errors import (
     PayloadTooLarge,
     ServiceUnavailable,
 )
-from ..metrics import RequestRecorder
+from ..metrics import UPSTREAM_RETRIES, RequestRecorder
 from ..upstream.forward import (
     RequestBody,
     UpstreamConnectError,
@@ -34,6 +37,7 @@ from ..upstream.forward import (
     UpstreamTimeoutError,
 )
 from ..upstream.pool import Backend, NoBackendAvailable, UpstreamPool
+from ..upstream.retry import IDEMPOTENT_METHODS, RetryBudget, backoff_delay
 
 __all__ = ["ClientBodyError", "Proxy", "filter_request_headers", "filter_response_headers"]
 
@@ -135,7 +139,14 @@ class _RelayedWhole(web.Response):
 
 
 class Proxy:
-    """Forward to one backend of the route's upstream; map upstream failures to 502/503/504."""
+    """Forward to one backend of the route's upstream; map upstream failures to 502/503/504.
+
+    Each attempt is accounted to its backend (circuit breaker, passive checks, latency). A
+    failed attempt is retried on another backend when the policy allows it: connect errors
+    always (nothing reached a backend), timeouts, broken responses and `on_statuses` only for
+    idempotent methods with a replayable body; every retry spends from the upstream's budget
+    and waits a full-jitter backoff, all within the one `timeout` of the whole exchange.
+    """
 
     name = "proxy"
 
@@ -146,60 +157,239 @@ class Proxy:
         timeout: float,
         max_body_size: int,
         recorder: RequestRecorder,
+        connect_timeout: float | None = None,
+        read_timeout: float | None = None,
+        retries: RetriesConfig | None = None,
+        budget: RetryBudget | None = None,
+        fallback: FallbackResponseConfig | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self._pool = pool
         self._timeout = timeout
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
         self._max_body_size = max_body_size
         self._recorder = recorder
+        self._retries = retries if retries is not None else pool.config.retries
+        self._attempts = 1 + self._retries.attempts
+        self._budget = budget if budget is not None else RetryBudget.from_config(self._retries)
+        self._retry_statuses = frozenset(self._retries.on_statuses)
+        passive = pool.config.passive_health_check
+        self._passive_statuses = frozenset(passive.statuses) if passive is not None else frozenset()
+        self._fallback = fallback
+        self._random = rng or random.Random()
+        self._retry_counters: dict[str, Counter] = {}
         self._loop = asyncio.get_running_loop()
 
     async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
         request = ctx.request
         body = await self._request_body(ctx)
-        try:
-            backend = self._pool.pick(ctx.client_ip)
-        except NoBackendAvailable:
-            raise ServiceUnavailable(
-                f"no healthy backend in upstream {self._pool.name!r}"
-            ) from None
-        ctx.upstream = self._pool.name
-        ctx.backend = backend.label
+        pool = self._pool
+        loop = self._loop
+        ctx.upstream = pool.name
+        now = loop.time()
+        deadline = now + self._timeout
+        self._budget.deposit()
+        tried: list[Backend] = []
+        failure: GatewayError | None = None
+        attempt = 0
+        while True:
+            try:
+                backend = pool.pick(ctx.client_ip, now, tried)
+            except NoBackendAvailable as exc:
+                if failure is not None:
+                    raise failure from None  # the last attempt's error says more than a 503
+                return self._unavailable(ctx, exc)
+            ctx.backend = backend.label
+            attempt += 1
+            probe = backend.state.breaker.acquire()
+            sent_at = time.perf_counter()
+            backend.in_flight += 1
+            try:
+                # One upstream attempt (issue 6 hooks its per-attempt span around this call).
+                upstream = await self._attempt(ctx, backend, body, deadline, attempt)
+            except (GatewayError, ClientBodyError, asyncio.CancelledError):
+                # The client's body was too large, malformed or cut off, or the client left:
+                # not the backend's fault, no verdict on it.
+                backend.in_flight -= 1
+                backend.state.breaker.cancel(probe)
+                raise
+            except Exception as exc:
+                backend.in_flight -= 1
+                pool.failed(backend, loop.time(), probe)
+                failure, reason, reached = self._classify(ctx, exc)
+                if not (
+                    self._may_retry(ctx, body, attempt, reached, reason)
+                    and await self._backoff(attempt, deadline, reason)
+                ):
+                    raise failure from None
+                tried.append(backend)
+                now = loop.time()
+                continue
+            retry = await self._answered(
+                ctx, backend, upstream, sent_at=sent_at, probe=probe, body=body,
+                attempt=attempt, deadline=deadline,
+            )  # fmt: skip
+            if retry:
+                backend.in_flight -= 1
+                tried.append(backend)
+                failure = None  # a later 503 from the pool is then the honest answer
+                now = loop.time()
+                continue
+            try:
+                return await self._relay(ctx, request, upstream)
+            finally:
+                backend.in_flight -= 1
+
+    async def _answered(
+        self,
+        ctx: RequestContext,
+        backend: Backend,
+        upstream: UpstreamResponse,
+        *,
+        sent_at: float,
+        probe: bool,
+        body: RequestBody | None,
+        attempt: int,
+        deadline: float,
+    ) -> bool:
+        """Account a response head to its backend; True if it was released to retry."""
+        seconds = time.perf_counter() - sent_at
+        self._recorder.upstream(ctx.upstream, ctx.backend, seconds)
+        status = upstream.status
+        now = self._loop.time()
+        if status < 500:
+            self._pool.succeeded(backend, now, seconds, probe)
+            return False
+        self._pool.failed(backend, now, probe, status in self._passive_statuses)
+        if status not in self._retry_statuses or not self._may_retry(
+            ctx, body, attempt, True, "status"
+        ):
+            return False
+        delay = self._retry_delay(attempt, deadline, "status")
+        if delay is None:
+            return False
+        upstream.release()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return True
+
+    async def _attempt(
+        self,
+        ctx: RequestContext,
+        backend: Backend,
+        body: RequestBody | None,
+        deadline: float,
+        attempt: int = 1,
+    ) -> UpstreamResponse:
+        """Send the request to `backend`; return once its response head is in."""
         headers = self._upstream_headers(ctx, backend)
         target = backend.base_path + ctx.path
         if ctx.query:
             target = f"{target}?{ctx.query}"
-        sent_at = time.perf_counter()
-        backend.in_flight += 1
+        # Observability (issue 6): the attempt's span (which also injects its traceparent)
+        # and the backend's in-flight gauge, from sending until the response head is in.
+        tracing = ctx.tracing
+        span = tracing.start_attempt(ctx, headers, attempt=attempt) if tracing else None
+        in_flight = self._recorder.in_flight(ctx.upstream, ctx.backend)
+        in_flight.inc()
         try:
-            try:
-                upstream = await backend.connections.request(
-                    ctx.method, target, headers, body, deadline=self._loop.time() + self._timeout
-                )
-            except UpstreamTimeoutError:
-                raise GatewayTimeout(
-                    f"upstream {self._pool.name!r} did not answer within {self._timeout:g}s"
-                ) from None
-            except UpstreamConnectError as exc:
-                log.get_logger("aiogate.proxy").warning(
-                    log.BACKEND_ERROR, upstream=ctx.upstream, backend=ctx.backend,
-                    request_id=ctx.request_id, error=str(exc),
-                )  # fmt: skip
-                raise BadGateway(f"upstream {self._pool.name!r} is unreachable") from None
-            except (GatewayError, ClientBodyError):
-                raise  # the client's body was too large, malformed or cut off: not upstream's fault
-            except Exception as exc:  # UpstreamProtocolError and socket errors mid-exchange
-                log.get_logger("aiogate.proxy").warning(
-                    log.BACKEND_ERROR, upstream=ctx.upstream, backend=ctx.backend,
-                    request_id=ctx.request_id, error=repr(exc),
-                )  # fmt: skip
-                raise BadGateway(
-                    f"upstream {self._pool.name!r} sent an invalid response",
-                    code="bad_upstream_response",
-                ) from None
-            self._recorder.upstream(ctx.upstream, ctx.backend, time.perf_counter() - sent_at)
-            return await self._relay(ctx, request, upstream)
+            upstream = await backend.connections.request(
+                ctx.method,
+                target,
+                headers,
+                body,
+                deadline=deadline,
+                read_timeout=self._read_timeout,
+                connect_timeout=self._connect_timeout,
+            )
+        except BaseException as exc:
+            if tracing is not None:
+                tracing.end_attempt(span, error=exc)
+            raise
         finally:
-            backend.in_flight -= 1
+            in_flight.dec()
+        if tracing is not None:
+            tracing.end_attempt(span, status=upstream.status)
+        return upstream
+
+    def _classify(self, ctx: RequestContext, exc: Exception) -> tuple[GatewayError, str, bool]:
+        """(the error for the client, the retry reason, whether the request reached a backend)."""
+        name = self._pool.name
+        if isinstance(exc, UpstreamTimeoutError):
+            return (
+                GatewayTimeout(f"upstream {name!r} did not answer within {self._timeout:g}s"),
+                "timeout",
+                True,
+            )
+        log.get_logger("aiogate.proxy").warning(
+            log.BACKEND_ERROR, upstream=ctx.upstream, backend=ctx.backend,
+            request_id=ctx.request_id, error=str(exc) if isinstance(exc, UpstreamConnectError)
+            else repr(exc),
+        )  # fmt: skip
+        if isinstance(exc, UpstreamConnectError):
+            return BadGateway(f"upstream {name!r} is unreachable"), "connect", False
+        # UpstreamProtocolError and socket errors mid-exchange
+        return (
+            BadGateway(f"upstream {name!r} sent an invalid response", code="bad_upstream_response"),
+            "broken",
+            True,
+        )
+
+    def _may_retry(
+        self,
+        ctx: RequestContext,
+        body: RequestBody | None,
+        attempt: int,
+        reached: bool,
+        reason: str,
+    ) -> bool:
+        if attempt >= self._attempts:
+            return False
+        if reached:
+            # The backend may have acted on it: only a request that is safe to repeat, with a
+            # body that can be sent again (a streamed one is gone once sent).
+            if ctx.method not in IDEMPOTENT_METHODS or (body is not None and not body.replayable):
+                return False
+            if reason == "timeout" and not self._retries.on_timeout:
+                return False
+        if not self._budget.withdraw():
+            self._count_retry("budget_exhausted")
+            return False
+        return True
+
+    async def _backoff(self, attempt: int, deadline: float, reason: str) -> bool:
+        """Wait before retry number `attempt`; False if the deadline would pass meanwhile."""
+        delay = self._retry_delay(attempt, deadline, reason)
+        if delay is None:
+            return False
+        if delay > 0:
+            await asyncio.sleep(delay)
+        return True
+
+    def _retry_delay(self, attempt: int, deadline: float, reason: str) -> float | None:
+        delay = backoff_delay(self._retries, attempt - 1, self._random)
+        if self._loop.time() + delay >= deadline:
+            return None
+        self._count_retry(reason)
+        return delay
+
+    def _count_retry(self, reason: str) -> None:
+        counter = self._retry_counters.get(reason)
+        if counter is None:
+            counter = self._retry_counters[reason] = UPSTREAM_RETRIES.labels(
+                self._pool.name, reason
+            )
+        counter.inc()
+
+    def _unavailable(self, ctx: RequestContext, exc: NoBackendAvailable) -> web.StreamResponse:
+        fallback = self._fallback
+        if exc.circuit_open and fallback is not None:
+            headers = [*fallback.headers.items(), ("X-Request-ID", ctx.request_id)]
+            headers += ctx.response_headers
+            return web.Response(status=fallback.status, body=fallback.body, headers=headers)
+        what = "every backend's circuit is open" if exc.circuit_open else "no healthy backend"
+        raise ServiceUnavailable(f"upstream {self._pool.name!r}: {what}")
 
     async def _request_body(self, ctx: RequestContext) -> RequestBody | None:
         request = ctx.request
@@ -247,7 +437,12 @@ class Proxy:
 
     def _upstream_headers(self, ctx: RequestContext, backend: Backend) -> list[tuple[str, str]]:
         request = ctx.request
-        headers = filter_request_headers(request)
+        if ctx.upstream_drop:
+            # Set by auth: the credential and the forwarded-claim names never pass from the client.
+            headers = filter_request_headers(request, _REQUEST_DROP | ctx.upstream_drop)
+        else:
+            headers = filter_request_headers(request)
+        headers += ctx.upstream_add
         # The Host header as sent (none from an HTTP/1.0 client: then no X-Forwarded-Host).
         host = request.headers.get("Host", "")
         proto = request.scheme

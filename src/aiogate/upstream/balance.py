@@ -6,17 +6,28 @@ take traffic now (the pool filters out unhealthy or open-circuit ones before ask
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import random
 import zlib
 from collections.abc import Sequence
-from typing import Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
-__all__ = ["Strategy", "make_strategy"]
+__all__ = [
+    "IpHash",
+    "LeastConnections",
+    "P2CEwma",
+    "Random",
+    "RoundRobin",
+    "Strategy",
+    "WeightedRoundRobin",
+    "make_strategy",
+]
 
 
 class Weighted(Protocol):
     @property
-    def weight(self) -> int: ...
+    def weight(self) -> float: ...
     @property
     def in_flight(self) -> int: ...
 
@@ -46,13 +57,13 @@ class WeightedRoundRobin:
     __slots__ = ("_current",)
 
     def __init__(self) -> None:
-        self._current: dict[int, int] = {}
+        self._current: dict[int, float] = {}
 
     def pick(self, eligible: Sequence[B], client_ip: str) -> B:
         current = self._current
-        total = 0
+        total = 0.0
         best: B | None = None
-        best_score = 0
+        best_score = 0.0
         for backend in eligible:
             key = id(backend)
             score = current.get(key, 0) + backend.weight
@@ -86,13 +97,54 @@ class LeastConnections:
         return best
 
 
-class IpHash:
-    """Same client IP, same backend, while the eligible set does not change."""
+_VNODES: Final = 160  # ring points per unit of weight: ~±10% balance across backends
 
-    __slots__ = ()
+
+def _point(key: str) -> int:
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big")
+
+
+class IpHash:
+    """Consistent hashing of the client IP onto a ring of virtual nodes.
+
+    Each backend owns `weight x 160` points placed by hashing its label, so the points of the
+    backends that stay do not move when one leaves the eligible set: only the clients of the
+    one that left are remapped (to the next point clockwise). The ring is rebuilt only when
+    the eligible sequence object changes (the pool hands out one cached tuple per state).
+    """
+
+    __slots__ = ("_for", "_owners", "_points")
+
+    def __init__(self) -> None:
+        self._for: object = None
+        self._points: list[int] = []
+        self._owners: list[object] = []
 
     def pick(self, eligible: Sequence[B], client_ip: str) -> B:
-        return eligible[zlib.crc32(client_ip.encode()) % len(eligible)]
+        if len(eligible) == 1:
+            return eligible[0]
+        if eligible is not self._for and not self._same(eligible):
+            self._build(eligible)
+        points = self._points
+        index = bisect.bisect(points, zlib.crc32(client_ip.encode()) * 0x9E3779B1 % 2**64)
+        return self._owners[index % len(points)]  # type: ignore[return-value]
+
+    def _same(self, eligible: Sequence[B]) -> bool:
+        known = self._for
+        if not isinstance(known, tuple) or len(known) != len(eligible):
+            return False
+        return all(a is b for a, b in zip(known, eligible, strict=True))
+
+    def _build(self, eligible: Sequence[B]) -> None:
+        ring: list[tuple[int, int, object]] = []
+        for order, backend in enumerate(eligible):
+            label = getattr(backend, "label", None) or getattr(backend, "name", None) or order
+            count = max(1, round(_VNODES * getattr(backend, "base_weight", backend.weight)))
+            ring.extend((_point(f"{label}#{n}"), order, backend) for n in range(count))
+        ring.sort(key=lambda item: (item[0], item[1]))
+        self._points = [item[0] for item in ring]
+        self._owners = [item[2] for item in ring]
+        self._for = eligible if isinstance(eligible, tuple) else tuple(eligible)
 
 
 class Random:
@@ -103,6 +155,43 @@ class Random:
 
     def pick(self, eligible: Sequence[B], client_ip: str) -> B:
         return self._random.choices(eligible, weights=[b.weight for b in eligible])[0]
+
+
+class Latency(Weighted, Protocol):
+    @property
+    def ewma(self) -> float: ...
+
+
+L = TypeVar("L", bound=Latency)
+
+
+class P2CEwma:
+    """Power of two choices on peak-EWMA latency (Finagle/Linkerd's balancer).
+
+    Two distinct backends drawn at random; the one with the lower `ewma x (in_flight + 1) /
+    weight` wins. The pool keeps `ewma` per backend: it jumps up to a slow observation at
+    once (the peak) and decays towards fast ones, so a backend that turns slow loses traffic
+    within a request or two, and one that recovers wins it back gradually.
+    """
+
+    __slots__ = ("_random",)
+
+    def __init__(self, rng: random.Random | None = None) -> None:
+        self._random = rng or random.Random()
+
+    def pick(self, eligible: Sequence[L], client_ip: str) -> L:
+        count = len(eligible)
+        if count == 1:
+            return eligible[0]
+        rand = self._random.random
+        first = int(rand() * count)
+        second = int(rand() * (count - 1))
+        if second >= first:
+            second += 1
+        a, b = eligible[first], eligible[second]
+        cost_a = a.ewma * (a.in_flight + 1) * b.weight
+        cost_b = b.ewma * (b.in_flight + 1) * a.weight
+        return a if cost_a <= cost_b else b
 
 
 def make_strategy(name: str, rng: random.Random | None = None) -> Strategy:
@@ -116,4 +205,6 @@ def make_strategy(name: str, rng: random.Random | None = None) -> Strategy:
         return IpHash()
     if name == "random":
         return Random(rng)
+    if name == "p2c_ewma":
+        return P2CEwma(rng)  # type: ignore[return-value]
     raise ValueError(f"unknown strategy {name!r}")

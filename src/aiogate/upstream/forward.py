@@ -129,11 +129,14 @@ class ConnectionPool:
         body: RequestBody | None,
         *,
         deadline: float,
+        read_timeout: float | None = None,
+        connect_timeout: float | None = None,
     ) -> UpstreamResponse:
         """Send a request; return once the final response head is in.
 
         `deadline` (absolute `loop.time()`) bounds connecting, sending, the head and every
-        later body read. The response must be released (`release()`), or read to its end.
+        later body read; `read_timeout` the wait for the head once the request is out. The
+        response must be released (`release()`), or read to its end.
         """
         if self._closed:
             raise UpstreamConnectError(f"connection pool for {self.origin} is closed")
@@ -147,14 +150,14 @@ class ConnectionPool:
         if conn is not None:
             self._in_use += 1
             try:
-                return await conn.exchange(head, body, is_head, deadline)
+                return await conn.exchange(head, body, is_head, deadline, read_timeout)
             except _StaleConnectionError:
                 # The server closed the idle connection as we reused it. Replaying is safe
                 # only if nothing of a streamed body was consumed: never for a stream.
                 if body is not None and not body.replayable:
                     raise
-        conn = await self._connect(loop, deadline)
-        return await conn.exchange(head, body, is_head, deadline)
+        conn = await self._connect(loop, deadline, connect_timeout)
+        return await conn.exchange(head, body, is_head, deadline, read_timeout)
 
     async def close(self) -> None:
         """Close idle connections; in-flight ones close when their exchange ends."""
@@ -187,9 +190,15 @@ class ConnectionPool:
             conn.close()
         return None
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, deadline: float) -> Http1Connection:
+    async def _connect(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float,
+        connect_timeout: float | None = None,
+    ) -> Http1Connection:
         origin = self.origin
-        limit = loop.time() + self._connect_timeout
+        connect_timeout = connect_timeout or self._connect_timeout
+        limit = loop.time() + connect_timeout
         connect_deadline = min(deadline, limit)
         self._in_use += 1
         timeout = asyncio.timeout_at(connect_deadline)
@@ -209,7 +218,7 @@ class ConnectionPool:
             if deadline < limit:
                 raise UpstreamTimeoutError(f"deadline passed while connecting to {origin}") from exc
             raise UpstreamConnectError(
-                f"connect to {origin} timed out after {self._connect_timeout:g}s"
+                f"connect to {origin} timed out after {connect_timeout:g}s"
             ) from exc
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake (all OSErrors)
             self._in_use -= 1

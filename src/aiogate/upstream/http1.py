@@ -399,9 +399,17 @@ class Http1Connection(asyncio.Protocol):
         await self._lost_waiter
 
     async def exchange(
-        self, head: bytes, body: RequestBody | None, is_head: bool, deadline: float
+        self,
+        head: bytes,
+        body: RequestBody | None,
+        is_head: bool,
+        deadline: float,
+        read_timeout: float | None = None,
     ) -> UpstreamResponse:
-        """Send one request and return the response once its head is in."""
+        """Send one request and return the response once its head is in.
+
+        `read_timeout` bounds the wait for the response head once the request is out.
+        """
         transport = self._transport
         assert transport is not None
         self._begin(is_head, deadline)
@@ -426,7 +434,14 @@ class Http1Connection(asyncio.Protocol):
             if resp is None:
                 waiter: asyncio.Future[UpstreamResponse | None] = self._loop.create_future()
                 self._head_waiter = waiter
-                resp = await waiter
+                if read_timeout is None:
+                    resp = await waiter
+                else:
+                    timer = self._loop.call_later(read_timeout, self._on_read_timeout, waiter)
+                    try:
+                        resp = await waiter
+                    finally:
+                        timer.cancel()
                 if resp is None:
                     assert self._exc is not None
                     raise self._exc
@@ -568,6 +583,10 @@ class Http1Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
         self._finish(False)
+
+    def _on_read_timeout(self, waiter: asyncio.Future[UpstreamResponse | None]) -> None:
+        if self._head_waiter is waiter and not waiter.done():
+            self._fail(UpstreamTimeoutError("upstream sent no response head within read_timeout"))
 
     def _on_deadline(self) -> None:
         self._timer = None

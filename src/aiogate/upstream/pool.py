@@ -1,36 +1,71 @@
-"""Upstream pools: the backends of one upstream, a strategy, and a connection pool each."""
+"""Upstream pools: the backends of one upstream, a strategy, and a connection pool each.
+
+`pick()` chooses among the backends that may take traffic now: healthy (active checks), not
+ejected (passive checks), circuit closed, or half-open with a free probe slot, and below
+`max_connections`. The eligible set is cached as one tuple and rebuilt only when the
+upstream's state version changes or a timed change falls due (an ejection or an open circuit
+ends, a slow-start ramp steps), so the common request costs two compares and the strategy.
+"""
 
 from __future__ import annotations
 
+import math
 import ssl
-from collections.abc import Sequence
+import time
+from collections.abc import Collection, Sequence
 
 from ..config import BackendConfig, UpstreamConfig, UpstreamTlsConfig
 from .balance import Strategy, make_strategy
+from .breaker import HALF_OPEN, OPEN
 from .forward import ConnectionPool, Origin
+from .state import BackendState, StateRegistry, UpstreamState
 
 __all__ = ["Backend", "NoBackendAvailable", "UpstreamPool"]
 
+_SLOW_START_STEPS = 10
+_SLOW_START_FLOOR = 0.1
+
 
 class NoBackendAvailable(Exception):
-    """Every backend of the upstream is out of rotation."""
+    """Every backend of the upstream is out of rotation.
+
+    `circuit_open` is True when the reason is open circuits alone (the fallback applies).
+    """
+
+    def __init__(self, upstream: str, circuit_open: bool = False) -> None:
+        super().__init__(upstream)
+        self.circuit_open = circuit_open
 
 
 class Backend:
-    __slots__ = ("authority", "base_path", "config", "connections", "in_flight", "label", "weight")
+    __slots__ = (
+        "authority",
+        "base_path",
+        "base_weight",
+        "config",
+        "connections",
+        "in_flight",
+        "label",
+        "state",
+        "weight",
+    )
 
     def __init__(
         self,
         config: BackendConfig,
         upstream: UpstreamConfig,
         ssl_context: ssl.SSLContext | None,
+        state: BackendState,
     ) -> None:
         self.config = config
         self.label = config.url
-        self.weight = config.weight
+        self.base_weight: float = config.weight
+        #: Effective weight: `base_weight`, less while slow start ramps it up.
+        self.weight: float = config.weight
         self.authority = config.authority
         self.base_path = config.base_path
         self.in_flight = 0
+        self.state = state
         self.connections = ConnectionPool(
             Origin(config.scheme, config.host, config.port),
             max_idle=upstream.max_idle_connections,
@@ -40,25 +75,162 @@ class Backend:
             server_name=upstream.tls.server_name,
         )
 
+    @property
+    def ewma(self) -> float:
+        return self.state.ewma
+
 
 class UpstreamPool:
-    __slots__ = ("_strategy", "backends", "config", "name")
+    __slots__ = (
+        "_eligible",
+        "_next_change",
+        "_probing",
+        "_state",
+        "_strategy",
+        "_version",
+        "backends",
+        "config",
+        "max_connections",
+        "name",
+        "track_latency",
+    )
 
-    def __init__(self, config: UpstreamConfig) -> None:
+    def __init__(
+        self, config: UpstreamConfig, registry: StateRegistry | None = None, now: float = 0.0
+    ) -> None:
         self.config = config
         self.name = config.name
+        if registry is None:  # standalone (unit tests): a private registry
+            registry = StateRegistry()
+            from ..config import CircuitBreakerConfig
+
+            registry.adopt([config], CircuitBreakerConfig(), None, now)
+        self._state: UpstreamState = registry.upstreams[config.name]
         context = _ssl_context(config.tls) if any(
             b.scheme == "https" for b in config.backends
         ) else None  # fmt: skip
+        states = self._state.backends
         self.backends: Sequence[Backend] = tuple(
-            Backend(b, config, context) for b in config.backends
+            Backend(b, config, context, states[b.url]) for b in config.backends
         )
         self._strategy: Strategy = make_strategy(config.strategy)
+        self.track_latency = config.strategy == "p2c_ewma"
+        self.max_connections = config.max_connections
+        self._eligible: Sequence[Backend] = ()
+        self._probing: Sequence[Backend] = ()
+        self._version = -1
+        self._next_change = -math.inf
 
-    def pick(self, client_ip: str) -> Backend:
-        if not self.backends:
-            raise NoBackendAvailable(self.name)
-        return self._strategy.pick(self.backends, client_ip)
+    # -- choosing ------------------------------------------------------------------------------
+    def pick(
+        self, client_ip: str, now: float | None = None, tried: Collection[Backend] = ()
+    ) -> Backend:
+        """A backend for the next attempt; `tried` ones are avoided while others remain.
+
+        `now` is the event loop's clock (the proxy has it at hand already).
+        """
+        if now is None:
+            now = time.monotonic()
+        if self._version != self._state.version or now >= self._next_change:
+            self._refresh(now)
+        eligible = self._eligible
+        if self._probing:
+            probes = [b for b in self._probing if b.state.breaker.available(now)]
+            if probes:
+                eligible = (*eligible, *probes)
+        limit = self.max_connections
+        if limit is not None:
+            eligible = [b for b in eligible if b.in_flight < limit]
+        if tried and len(eligible) > 1:
+            fresh = [b for b in eligible if b not in tried]
+            if fresh:
+                eligible = fresh
+        if not eligible:
+            raise NoBackendAvailable(self.name, self._all_open(now))
+        return self._strategy.pick(eligible, client_ip)
+
+    def _refresh(self, now: float) -> None:
+        eligible: list[Backend] = []
+        probing: list[Backend] = []
+        next_change = math.inf
+        slow_start = self.config.slow_start
+        for backend in self.backends:
+            state = backend.state
+            if not state.healthy:
+                continue
+            if state.ejected_until > now:
+                next_change = min(next_change, state.ejected_until)
+                continue
+            breaker = state.breaker
+            if breaker.state == OPEN:
+                reopens = breaker.reopens_at()
+                if reopens > now:
+                    next_change = min(next_change, reopens)
+                    continue
+                breaker.available(now)  # moves it to half-open
+            if breaker.state == HALF_OPEN:
+                probing.append(backend)
+                continue
+            ramp = now - state.recovered_at
+            if slow_start and ramp < slow_start:
+                share = max(_SLOW_START_FLOOR, ramp / slow_start)
+                backend.weight = backend.base_weight * share
+                next_change = min(next_change, now + slow_start / _SLOW_START_STEPS)
+            else:
+                backend.weight = backend.base_weight
+            eligible.append(backend)
+        self._eligible = tuple(eligible)
+        self._probing = tuple(probing)
+        self._next_change = next_change
+        self._version = self._state.version
+
+    def _all_open(self, now: float) -> bool:
+        """Whether the healthy backends are out only because of their circuits."""
+        healthy = [b for b in self.backends if b.state.healthy and b.state.ejected_until <= now]
+        return bool(healthy) and all(b.state.breaker.state != 0 for b in healthy)
+
+    # -- accounting ----------------------------------------------------------------------------
+    def succeeded(self, backend: Backend, now: float, seconds: float, probe: bool) -> None:
+        state = backend.state
+        state.breaker.record(True, now, probe)
+        if state.passive_failures or state.ejections:
+            state.passive_success(now)
+        if self.track_latency:
+            state.observe(seconds, now)
+
+    def failed(self, backend: Backend, now: float, probe: bool, passive: bool = True) -> None:
+        """A connect error, a timeout, a broken response, or a 5xx (`passive`: one that the
+        passive checks count, too)."""
+        state = backend.state
+        state.breaker.record(False, now, probe)
+        if passive:
+            state.passive_failure(self.config, now, len(self.backends))
+        if self.track_latency:
+            state.penalise(now)
+
+    # -- operators -------------------------------------------------------------------------
+    def snapshot(self, now: float) -> dict[str, object]:
+        config = self.config
+        if self._version != self._state.version or now >= self._next_change:
+            self._refresh(now)
+        check = config.health_check
+        return {
+            "name": self.name,
+            "strategy": config.strategy,
+            "health_check": None if check is None else check.type,
+            "backends": [
+                {
+                    "url": b.label,
+                    "weight": b.base_weight,
+                    "effective_weight": round(b.weight, 3),
+                    "in_flight": b.in_flight,
+                    "connections": {"in_use": b.connections.in_use, "idle": b.connections.idle},
+                    "eligible": b in self._eligible or b in self._probing,
+                    **b.state.snapshot(now),
+                }
+                for b in self.backends
+            ],
+        }
 
     async def close(self) -> None:
         for backend in self.backends:

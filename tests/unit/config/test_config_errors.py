@@ -167,7 +167,7 @@ auth:
 """
     ) == [
         "3:15: upstreams[0].strategy: invalid value 'fastest' (expected 'round_robin', "
-        "'least_connections', 'weighted_round_robin', 'ip_hash' or 'random')",
+        "'least_connections', 'weighted_round_robin', 'ip_hash', 'random' or 'p2c_ewma')",
         "5:11: upstreams[1].name: duplicate upstream name 'a' (also upstreams[0])",
         "9:26: routes[1].upstream: unknown upstream 'b' (known: a)",
         "11:22: auth.jwt.algorithms[0]: unknown algorithm 'XX1' (known: HS256, HS384, HS512, "

@@ -1,0 +1,206 @@
+"""Active health checks: one background task per upstream, owned by its Runtime.
+
+Every `interval` (± `jitter`) the task checks all backends of the upstream concurrently and
+feeds each verdict to the backend's state, which flips health only after `healthy_threshold`
+/ `unhealthy_threshold` verdicts in a row. Checks:
+
+- `http`: a request on the checker's own keep-alive connection (not the traffic pool's), healthy
+  when the status is in `expected_statuses` (default: any 2xx/3xx);
+- `tcp`: a connect;
+- `script`: `command` run without a shell (`{host}`, `{port}`, `{url}` in arguments are
+  replaced, and AIOGATE_BACKEND_* set in its environment), exit 0 = healthy, killed at
+  `timeout`; its output goes to the log.
+
+After a reload, the old Runtime's task keeps running until that Runtime is closed, but only the
+task of the Runtime that owns a backend's state (`check_owner`) records verdicts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+from collections.abc import Sequence
+
+from .. import log
+from ..config import HealthCheckConfig
+from .forward import ConnectionPool, UpstreamError
+from .pool import Backend, UpstreamPool
+
+__all__ = ["HealthChecker"]
+
+_OUTPUT_LIMIT = 2048
+_USER_AGENT = "aiogate-health-check"
+
+
+class HealthChecker:
+    """Runs the active checks of one upstream until stopped."""
+
+    def __init__(
+        self,
+        pool: UpstreamPool,
+        config: HealthCheckConfig,
+        generation: int,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._pool = pool
+        self._config = config
+        self._generation = generation
+        self._random = rng or random.Random()
+        self._task: asyncio.Task[None] | None = None
+        self._connections: dict[str, ConnectionPool] = {}
+        if config.type == "http":
+            for backend in pool.backends:
+                # One connection per backend, so a check costs no handshake once warm.
+                self._connections[backend.label] = ConnectionPool(
+                    backend.connections.origin,
+                    max_idle=1,
+                    idle_timeout=max(config.interval * 2, 1.0),
+                    connect_timeout=config.timeout,
+                    ssl_context=backend.connections._ssl,
+                    server_name=pool.config.tls.server_name,
+                )
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"health-{self._pool.name}")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for connections in self._connections.values():
+            await connections.close()
+
+    async def _run(self) -> None:
+        config = self._config
+        loop = asyncio.get_running_loop()
+        # A short random delay first, so that many upstreams do not all check at once.
+        await asyncio.sleep(self._random.uniform(0, min(config.interval, 1.0) * config.jitter))
+        while True:
+            await self.check_all(loop)
+            spread = config.interval * config.jitter
+            await asyncio.sleep(config.interval + self._random.uniform(-spread, spread))
+
+    async def check_all(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        loop = loop or asyncio.get_running_loop()
+        backends: Sequence[Backend] = self._pool.backends
+        results = await asyncio.gather(*(self._check(b) for b in backends))
+        now = loop.time()
+        config = self._config
+        for backend, (ok, detail) in zip(backends, results, strict=True):
+            state = backend.state
+            if state.check_owner != self._generation:
+                continue  # a newer Runtime checks this backend now
+            state.check_result(
+                ok, detail, config.healthy_threshold, config.unhealthy_threshold, now
+            )
+
+    async def _check(self, backend: Backend) -> tuple[bool, str]:
+        kind = self._config.type
+        try:
+            if kind == "http":
+                return await self._http(backend)
+            if kind == "tcp":
+                return await self._tcp(backend)
+            return await self._script(backend)
+        except Exception as exc:  # a check must never kill the task
+            return False, f"check error: {exc!r}"
+
+    async def _http(self, backend: Backend) -> tuple[bool, str]:
+        config = self._config
+        loop = asyncio.get_running_loop()
+        headers = [
+            ("Host", config.host or backend.authority),
+            ("User-Agent", _USER_AGENT),
+        ]
+        connections = self._connections[backend.label]
+        try:
+            response = await connections.request(
+                config.method,
+                backend.base_path + config.path,
+                headers,
+                None,
+                deadline=loop.time() + config.timeout,
+            )
+            try:
+                await response.read()
+            finally:
+                response.release()
+        except UpstreamError as exc:
+            return False, f"http: {exc}"
+        status = response.status
+        expected = config.expected_statuses
+        ok = status in expected if expected else 200 <= status < 400
+        return ok, f"http {status}"
+
+    async def _tcp(self, backend: Backend) -> tuple[bool, str]:
+        origin = backend.connections.origin
+        try:
+            async with asyncio.timeout(self._config.timeout):
+                _, writer = await asyncio.open_connection(origin.host, origin.port)
+        except TimeoutError:
+            return False, f"tcp: connect timed out after {self._config.timeout:g}s"
+        except OSError as exc:
+            return False, f"tcp: {exc.strerror or exc}"
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return True, "tcp connected"
+
+    async def _script(self, backend: Backend) -> tuple[bool, str]:
+        config = self._config
+        assert config.command is not None
+        origin = backend.connections.origin
+        values = {"host": origin.host, "port": str(origin.port), "url": backend.label}
+        argv = [_expand(arg, values) for arg in config.command]
+        env = dict(
+            os.environ,
+            AIOGATE_BACKEND_URL=backend.label,
+            AIOGATE_BACKEND_HOST=origin.host,
+            AIOGATE_BACKEND_PORT=str(origin.port),
+            AIOGATE_UPSTREAM=self._pool.name,
+        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            return False, f"script: cannot run {argv[0]!r}: {exc.strerror or exc}"
+        try:
+            async with asyncio.timeout(config.timeout):
+                output, _ = await proc.communicate()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            return False, f"script: killed after {config.timeout:g}s"
+        except asyncio.CancelledError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
+        text = output[:_OUTPUT_LIMIT].decode(errors="replace").strip()
+        code = proc.returncode
+        logger = log.get_logger("aiogate.health")
+        (logger.debug if code == 0 else logger.info)(
+            log.HEALTH_CHECK_OUTPUT,
+            upstream=self._pool.name,
+            backend=backend.label,
+            exit_code=code,
+            output=text,
+        )
+        return code == 0, f"script exit {code}"
+
+
+def _expand(arg: str, values: dict[str, str]) -> str:
+    for key, value in values.items():
+        arg = arg.replace("{" + key + "}", value)
+    return arg

@@ -1,0 +1,135 @@
+"""Circuit breaker, retries and the retry budget against the real daemon."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from ctlbackend import CtlGroup
+from gateway import Gateway, wait_until
+from pool_support import backend_view, call, pool_config
+
+BREAKER = {"failure_threshold": 3, "success_threshold": 2, "timeout": "1s",
+           "half_open_requests": 1}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def group() -> Iterator[CtlGroup]:
+    g = CtlGroup(2, prefix="c")
+    yield g
+    g.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh(group: CtlGroup) -> None:
+    group.reset()
+
+
+def _transitions(gw: Gateway) -> list[tuple[str, str]]:
+    return [(e["from"], e["to"]) for e in gw.events("circuit_state_changed")]
+
+
+def test_breaker_opens_probes_and_closes(
+    group: CtlGroup, make_gateway: Callable[..., Gateway]
+) -> None:
+    gw = make_gateway(pool_config(group, count=1, circuit_breaker=BREAKER))
+    b = group[0]
+    b.status = 500
+    assert [call(gw)[0] for _ in range(3)] == [500, 500, 500]
+    opened = time.monotonic()
+    status, data, _, took = call(gw)
+    assert (status, data["error"]) == (503, "no_healthy_backend")
+    assert took < 0.5
+    assert b.traffic == 3  # open: nothing reaches the backend
+    event = gw.wait_event("circuit_state_changed")[0]
+    assert (event["upstream"], event["backend"], event["from"], event["to"]) == (
+        "pool", b.url, "closed", "open",
+    )  # fmt: skip
+    b.status = 200
+    # after `timeout` a probe passes; success_threshold (2) successes close it
+    wait_until(lambda: call(gw)[0] == 200, 5, "half-open probe")
+    recovery = time.monotonic() - opened
+    assert call(gw)[0] == 200
+    wait_until(lambda: ("half_open", "closed") in _transitions(gw), 5, "closed")
+    assert _transitions(gw) == [("closed", "open"), ("open", "half_open"), ("half_open", "closed")]
+    assert b.traffic == 3 + 2
+    assert backend_view(gw, b.url)["circuit"] == "closed"
+    print(f"\nbreaker: open -> closed in {recovery:.2f}s (timeout 1s)")
+
+
+def test_probe_failure_reopens(group: CtlGroup, make_gateway: Callable[..., Gateway]) -> None:
+    gw = make_gateway(pool_config(group, count=1, circuit_breaker=BREAKER))
+    b = group[0]
+    b.status = 503
+    for _ in range(3):
+        call(gw)
+    assert call(gw)[0] == 503
+    assert b.traffic == 3
+    wait_until(lambda: call(gw)[1].get("error") is None, 5, "a probe reaching the backend")
+    assert b.traffic == 4  # exactly one probe (half_open_requests: 1)
+    wait_until(lambda: len(_transitions(gw)) >= 3, 5, "re-open")
+    assert _transitions(gw)[:3] == [
+        ("closed", "open"),
+        ("open", "half_open"),
+        ("half_open", "open"),
+    ]
+    status, data, _, _ = call(gw)
+    assert (status, data["error"]) == (503, "no_healthy_backend")
+    assert b.traffic == 4
+
+
+def test_open_circuit_fallback_response(
+    group: CtlGroup, make_gateway: Callable[..., Gateway]
+) -> None:
+    fallback = {"status": 503, "body": "come back later", "headers": {"Retry-After": "5"}}
+    gw = make_gateway(
+        pool_config(group, count=1, circuit_breaker={**BREAKER, "fallback": fallback})
+    )
+    group[0].status = 500
+    for _ in range(3):
+        call(gw)
+    status, data, headers, _ = call(gw)
+    assert (status, data["raw"], headers["Retry-After"]) == (503, "come back later", "5")
+    assert "X-Request-ID" in headers
+
+
+def test_retries_go_to_a_healthy_backend(
+    group: CtlGroup, make_gateway: Callable[..., Gateway]
+) -> None:
+    gw = make_gateway(pool_config(group, retries={"attempts": 2, "base_delay": "10ms"}))
+    group[1].down()
+    assert {call(gw)[0] for _ in range(10)} == {200}
+    assert {call(gw, method="POST", body=b"x")[0] for _ in range(4)} == {200}  # never reached
+    group[1].up()
+    group[1].status = 503
+    assert {call(gw)[0] for _ in range(6)} == {200}  # GET: a 503 is retried elsewhere
+
+
+def test_a_post_a_backend_saw_is_not_retried(
+    group: CtlGroup, make_gateway: Callable[..., Gateway]
+) -> None:
+    gw = make_gateway(pool_config(group, strategy="round_robin", retries={"attempts": 2}))
+    group[0].status = group[1].status = 503
+    statuses = [call(gw, method="POST", body=b"payload")[0] for _ in range(4)]
+    assert statuses == [503] * 4
+    assert group[0].methods["POST"] + group[1].methods["POST"] == 4
+
+
+def test_retry_budget_stops_a_storm(group: CtlGroup, make_gateway: Callable[..., Gateway]) -> None:
+    retries = {"attempts": 2, "base_delay": "1ms", "budget": 0.1, "budget_reserve": 2}
+    gw = make_gateway(pool_config(group, retries=retries, circuit_breaker={"enabled": False}))
+    group[0].status = group[1].status = 503
+    for _ in range(20):
+        call(gw)
+    # 20 requests: 2 from the reserve, then 0.1 per request (~2 more), never 40
+    retries_made = group[0].traffic + group[1].traffic - 20
+    assert 2 <= retries_made <= 5, retries_made
+
+
+def test_read_timeout_per_route(group: CtlGroup, make_gateway: Callable[..., Gateway]) -> None:
+    gw = make_gateway(pool_config(group, count=1, route={"read_timeout": "200ms"}))
+    group[0].delay = 2
+    status, data, _, took = call(gw)
+    assert (status, data["error"]) == (504, "upstream_timeout")
+    assert took < 1.5
