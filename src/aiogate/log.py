@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import select
 import sys
 import time
 from collections.abc import Mapping
+from contextvars import ContextVar, Token
 from typing import Any, ClassVar, Final, TextIO
 
 import orjson
@@ -22,10 +24,21 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 __all__ = [
     "ACCESS_LOGGER",
+    "AUTH_FAILED",
+    "AUTH_KEY_INVALID",
+    "AUTH_STORE_BAD_RECORD",
+    "AUTH_STORE_UNAVAILABLE",
+    "JWKS_REFRESHED",
+    "JWKS_REFRESH_FAILED",
     "BACKEND_ERROR",
     "CONFIG_REJECTED",
     "CONFIG_RELOADED",
     "INTERNAL_ERROR",
+    "RATELIMIT_BACKEND_DEGRADED",
+    "RATELIMIT_BACKEND_RESTORED",
+    "RATELIMIT_REJECTED",
+    "RETRY",
+    "UPSTREAM_ERROR",
     "CONFIG_RESTART_REQUIRED",
     "RUNTIME_DRAIN_TIMEOUT",
     "WORKERS_NOT_READY",
@@ -38,9 +51,11 @@ __all__ = [
     "WORKER_STARTED",
     "BufferedSink",
     "access",
+    "bind_request",
     "configure",
     "flush",
     "get_logger",
+    "unbind_request",
 ]
 
 # Event names: every state change is a named event (DESIGN.md, house style 10).
@@ -57,13 +72,54 @@ SHUTDOWN_COMPLETE: Final = "shutdown_complete"
 WORKER_STARTED: Final = "worker_started"
 WORKER_EXITED: Final = "worker_exited"
 BACKEND_ERROR: Final = "upstream_error"
+UPSTREAM_ERROR: Final = BACKEND_ERROR
 INTERNAL_ERROR: Final = "internal_error"
+RATELIMIT_BACKEND_DEGRADED: Final = "ratelimit_backend_degraded"
+RATELIMIT_BACKEND_RESTORED: Final = "ratelimit_backend_restored"
+# Upstream pool manager (issue 5): state changes of backends and circuits.
+CIRCUIT_STATE_CHANGED: Final = "circuit_state_changed"
+BACKEND_HEALTH_CHANGED: Final = "backend_health_changed"
+BACKEND_EJECTED: Final = "backend_ejected"
+HEALTH_CHECK_OUTPUT: Final = "health_check_output"
+UPSTREAM_RETRY: Final = "upstream_retry"
+AUTH_FAILED: Final = "auth_failed"
+JWKS_REFRESHED: Final = "jwks_refreshed"
+JWKS_REFRESH_FAILED: Final = "jwks_refresh_failed"
+AUTH_STORE_UNAVAILABLE: Final = "auth_store_unavailable"
+AUTH_STORE_BAD_RECORD: Final = "auth_store_bad_record"
+AUTH_KEY_INVALID: Final = "auth_key_invalid"
+RATELIMIT_REJECTED: Final = "ratelimit_rejected"
+#: An upstream attempt failed and another one follows (fields: attempt, upstream, backend, error).
+RETRY: Final = "retry"
 
 ACCESS_LOGGER: Final = "aiogate.access"
 
 _LEVELS: Final = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 _FLUSH_INTERVAL: Final = 0.1
 _FLUSH_SIZE: Final = 64 * 1024
+
+# (request_id, trace_id) of the request being served by the current task: every structlog line
+# logged while serving carries both. Each request runs in its own task (its own context copy),
+# and the server resets the variable when the request ends.
+_REQUEST_IDS: ContextVar[tuple[str, str] | None] = ContextVar("aiogate_request_ids", default=None)
+
+
+def bind_request(request_id: str, trace_id: str = "") -> Token[tuple[str, str] | None]:
+    """Bind the ids of the request served by this task to every line it logs."""
+    return _REQUEST_IDS.set((request_id, trace_id))
+
+
+def unbind_request(token: Token[tuple[str, str] | None]) -> None:
+    _REQUEST_IDS.reset(token)
+
+
+def _add_request_ids(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    ids = _REQUEST_IDS.get()
+    if ids is not None:
+        event_dict.setdefault("request_id", ids[0])
+        if ids[1]:
+            event_dict.setdefault("trace_id", ids[1])
+    return event_dict
 
 
 class BufferedSink:
@@ -146,6 +202,8 @@ class _State:
     levels: Mapping[str, int] = {}
     json: bool = True
     access_enabled: bool = True
+    #: Share of non-error access lines written (1.0: all).
+    access_sample: float = 1.0
     processors: ClassVar[list[Processor]] = []
     cache: ClassVar[dict[str, Any]] = {}
     ts_second: int = -1
@@ -184,6 +242,7 @@ def configure(
     fmt: str = "json",
     levels: Mapping[str, str] | None = None,
     access_log: bool = True,
+    access_sample: float = 1.0,
     stream: TextIO | None = None,
     whole_lines: bool = False,
 ) -> None:
@@ -196,12 +255,14 @@ def configure(
     _State.levels = {name: _LEVELS[lvl] for name, lvl in (levels or {}).items()}
     _State.json = fmt == "json"
     _State.access_enabled = access_log and _level_for(ACCESS_LOGGER) <= _LEVELS["info"]
+    _State.access_sample = access_sample
     renderer: Processor
     if _State.json:
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     _State.processors = [
+        _add_request_ids,
         structlog.processors.add_log_level,
         _timestamp,
         structlog.processors.format_exc_info,
@@ -228,8 +289,15 @@ def get_logger(name: str) -> Any:
 
 
 def access(fields: dict[str, Any]) -> None:
-    """Write one access line (`event: request`). `fields` is consumed."""
+    """Write one access line (`event: request`). `fields` is consumed.
+
+    With sampling, a share of the lines of responses below 400 is dropped; errors (4xx, 5xx)
+    are always written.
+    """
     if not _State.access_enabled:
+        return
+    sample = _State.access_sample
+    if sample < 1.0 and fields["status"] < 400 and _random() >= sample:
         return
     if _State.json:
         fields["event"] = REQUEST
@@ -239,6 +307,9 @@ def access(fields: dict[str, Any]) -> None:
         _State.sink.write(orjson.dumps(fields))
     else:
         get_logger(ACCESS_LOGGER).info(REQUEST, **fields)
+
+
+_random = random.random
 
 
 def flush() -> None:

@@ -7,7 +7,10 @@ the parent's /metrics aggregates (the library's multiprocess mode).
 
 from __future__ import annotations
 
+import hashlib
 import os
+import platform
+import time
 from typing import Final
 
 from prometheus_client import (
@@ -24,24 +27,33 @@ __all__ = [
     "ACTIVE_CONNECTIONS",
     "AUTH_FAILURES",
     "BACKEND_HEALTHY",
+    "BUILD_INFO",
     "CIRCUIT_STATE",
     "CIRCUIT_TRANSITIONS",
+    "CONFIG_HASH",
+    "CONFIG_LOADED_TIME",
     "CONFIG_RELOADS",
     "CONTENT_TYPE",
+    "ERRORS",
+    "RATELIMIT_BACKEND_UP",
     "RATELIMIT_REJECTIONS",
     "REQUESTS",
     "REQUEST_DURATION",
     "UPSTREAM_DURATION",
+    "UPSTREAM_IN_FLIGHT",
+    "RECORDER",
     "RequestRecorder",
+    "config_loaded",
     "exposition",
+    "set_build_info",
 ]
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
-# Latency buckets from 1 ms to 30 s: a gateway's own overhead sits in the low buckets,
-# upstream time in the high ones.
+# Latency buckets from 0.5 ms to 10 s: a gateway's own overhead sits in the low buckets,
+# upstream time in the high ones (anything slower lands in +Inf; timeouts are errors anyway).
 _BUCKETS: Final = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 
 REQUESTS: Final = Counter(
@@ -71,6 +83,12 @@ RATELIMIT_REJECTIONS: Final = Counter(
     "Requests rejected with 429, by route and limit dimension.",
     ["route", "dimension"],
 )
+RATELIMIT_BACKEND_UP: Final = Gauge(
+    "aiogate_ratelimit_backend_up",
+    "1 while the shared rate-limit backend answers, 0 while limits fall back to local buckets.",
+    ["backend"],
+    multiprocess_mode="min",
+)
 CIRCUIT_STATE: Final = Gauge(
     "aiogate_circuit_state",
     "Circuit breaker state per backend: 0 closed, 1 half-open, 2 open.",
@@ -88,6 +106,17 @@ BACKEND_HEALTHY: Final = Gauge(
     ["upstream", "backend"],
     multiprocess_mode="min",
 )
+UPSTREAM_RETRIES: Final = Counter(
+    "aiogate_upstream_retries_total",
+    "Upstream attempts after the first, by upstream and reason (connect, timeout, status); "
+    "`budget_exhausted` counts retries the retry budget refused.",
+    ["upstream", "reason"],
+)
+BACKEND_EJECTIONS: Final = Counter(
+    "aiogate_backend_ejections_total",
+    "Passive health check ejections, by upstream and backend.",
+    ["upstream", "backend"],
+)
 AUTH_FAILURES: Final = Counter(
     "aiogate_auth_failures_total",
     "Rejected credentials, by route and reason.",
@@ -98,17 +127,48 @@ CONFIG_RELOADS: Final = Counter(
     "Configuration reload attempts, by result (applied or rejected).",
     ["result"],
 )
+# Set only by the process that owns the config (the single daemon, or the supervisor): "max"
+# over the per-process files then is that process's value (workers leave theirs at 0).
+CONFIG_HASH: Final = Gauge(
+    "aiogate_config_hash",
+    "The loaded config file's SHA-256, first 48 bits as a number (changes with every edit).",
+    multiprocess_mode="max",
+)
+CONFIG_LOADED_TIME: Final = Gauge(
+    "aiogate_config_last_load_timestamp_seconds",
+    "Unix time the running config was loaded (at start or by a successful reload).",
+    multiprocess_mode="max",
+)
+ERRORS: Final = Counter(
+    "aiogate_errors_total",
+    "Error responses made by the gateway itself, by kind (the JSON body's `error` code).",
+    ["kind"],
+)
+UPSTREAM_IN_FLIGHT: Final = Gauge(
+    "aiogate_upstream_in_flight",
+    "Requests sent to a backend and not yet answered (head), by upstream and backend.",
+    ["upstream", "backend"],
+    multiprocess_mode="livesum",
+)
+BUILD_INFO: Final = Gauge(
+    "aiogate_build_info",
+    "Always 1; the labels say which aiogate and Python are running.",
+    ["version", "python"],
+    multiprocess_mode="max",
+)
 
 
 class RequestRecorder:
     """Caches labelled children: `.labels()` hashes its arguments on every call (hot path)."""
 
-    __slots__ = ("_durations", "_requests", "_upstream")
+    __slots__ = ("_durations", "_errors", "_in_flight", "_requests", "_upstream")
 
     def __init__(self) -> None:
         self._requests: dict[tuple[str, str, int], Counter] = {}
         self._durations: dict[str, Histogram] = {}
         self._upstream: dict[tuple[str, str], Histogram] = {}
+        self._errors: dict[str, Counter] = {}
+        self._in_flight: dict[tuple[str, str], Gauge] = {}
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
@@ -127,6 +187,36 @@ class RequestRecorder:
         if histogram is None:
             histogram = self._upstream[key] = UPSTREAM_DURATION.labels(upstream, backend)
         histogram.observe(seconds)
+
+    def error(self, kind: str) -> None:
+        counter = self._errors.get(kind)
+        if counter is None:
+            counter = self._errors[kind] = ERRORS.labels(kind)
+        counter.inc()
+
+    def in_flight(self, upstream: str, backend: str) -> Gauge:
+        """The in-flight gauge of one backend: `inc()` when sending, `dec()` when answered."""
+        key = (upstream, backend)
+        gauge = self._in_flight.get(key)
+        if gauge is None:
+            gauge = self._in_flight[key] = UPSTREAM_IN_FLIGHT.labels(upstream, backend)
+        return gauge
+
+
+#: The process-wide recorder: labelled children outlive reloads and are shared by every module.
+RECORDER: Final = RequestRecorder()
+
+
+def config_loaded(data: bytes) -> None:
+    """Publish the hash and load time of the config file just applied (its exact bytes)."""
+    CONFIG_HASH.set(int.from_bytes(hashlib.sha256(data).digest()[:6], "big"))
+    CONFIG_LOADED_TIME.set(time.time())
+
+
+def set_build_info() -> None:
+    from . import __version__
+
+    BUILD_INFO.labels(__version__, platform.python_version()).set(1)
 
 
 def exposition() -> bytes:
