@@ -40,7 +40,15 @@ BACKEND_CPU = "0"  # the backend and wrk share CPU 0 ...
 PROXY_CPU = "1"  # ... so the proxy under test has CPU 1 to itself
 BODY = "aiogate-bench:" + "x" * 86  # exactly 100 bytes
 WARMUP_S = 2
-TARGETS = ("direct", "nginx", "aiohttp-minimal", "aiogate")
+TARGETS = (
+    "direct",
+    "nginx",
+    "aiohttp-minimal",
+    "aiogate",
+    "aiogate-ratelimit",
+    "aiogate-ratelimit-redis",
+    "aiogate-tracing",
+)
 BASELINES = ("nginx", "aiohttp-minimal")
 SUMMARY_KEYS = [
     "rps",
@@ -258,12 +266,14 @@ def start_aiohttp_minimal(stack: Stack, backend_port: int) -> Target:
     return Target("aiohttp-minimal", port, proc.pid)
 
 
-def start_aiogate(stack: Stack, backend_port: int) -> Target:
+def start_aiogate(
+    stack: Stack, backend_port: int, name: str = "aiogate", extra: str = "", route_extra: str = ""
+) -> Target:
     binary = VENV_BIN / "aiogate"
     if not binary.exists():
         raise SkipTargetError(f"{binary} not found (pip install -e . ?)")
     port, admin_port = free_port(), free_port()
-    config = stack.tmp / "aiogate.yaml"
+    config = stack.tmp / f"{name}.yaml"
     config.write_text(
         f"""server:
   listen: "127.0.0.1:{port}"
@@ -280,13 +290,98 @@ upstreams:
 routes:
   - path: /
     upstream: bench
-"""
+{route_extra}{extra}"""
     )
     # Access logs stay on (info), stdout goes to a file: the realistic production setting.
-    proc = stack.spawn("aiogate", [str(binary), "run", "-c", str(config)], PROXY_CPU)
+    proc = stack.spawn(name, [str(binary), "run", "-c", str(config)], PROXY_CPU)
     wait_http(proc, f"http://127.0.0.1:{port}/healthz")
     wait_http(proc, f"http://127.0.0.1:{port}/")
-    return Target("aiogate", port, proc.pid)
+    return Target(name, port, proc.pid)
+
+
+# Every request is admitted (wrk is one client IP): the cost measured is the limiter's own.
+_RATE_LIMIT = "    rate_limit: {requests: 1000000000, window: 1s}\n"
+
+
+def start_aiogate_ratelimit(stack: Stack, backend_port: int) -> Target:
+    return start_aiogate(stack, backend_port, "aiogate-ratelimit", route_extra=_RATE_LIMIT)
+
+
+def start_aiogate_ratelimit_redis(stack: Stack, backend_port: int) -> Target:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SkipTargetError("redis-server not found (apt-get install redis-server)")
+    port = free_port()
+    stack.spawn(
+        "redis",
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        BACKEND_CPU,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise SkipTargetError("redis-server did not start") from None
+            time.sleep(0.05)
+    extra = f"redis:\n  url: redis://127.0.0.1:{port}/0\n"
+    return start_aiogate(
+        stack, backend_port, "aiogate-ratelimit-redis", extra=extra, route_extra=_RATE_LIMIT
+    )
+
+
+def start_aiogate_tracing(stack: Stack, backend_port: int) -> Target:
+    """Tracing on at 100% sampling, exporting over OTLP/HTTP to a local sink (issue 6)."""
+    port = free_port()
+    sink = stack.spawn(
+        "otlp-sink",
+        [sys.executable, str(ROOT / "bench" / "otlp_sink.py"), "--port", str(port)],
+        BACKEND_CPU,
+    )
+    wait_http(sink, f"http://127.0.0.1:{port}/")
+    extra = (
+        f"tracing:\n  enabled: true\n  endpoint: http://127.0.0.1:{port}/v1/traces\n"
+        "  sample_ratio: 1.0\n"
+    )
+    return start_aiogate(stack, backend_port, "aiogate-tracing", extra=extra)
+
+
+def metrics_cost_us(repeat: int = 200_000) -> float:
+    """In-process: the metric calls one proxied request makes (request counter + latency
+    histogram, upstream histogram, in-flight gauge inc/dec), in µs per request."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from aiogate.metrics import RequestRecorder
+
+    recorder = RequestRecorder()
+
+    def one() -> None:
+        gauge = recorder.in_flight("bench", "http://127.0.0.1:1")
+        gauge.inc()
+        gauge.dec()
+        recorder.upstream("bench", "http://127.0.0.1:1", 0.0004)
+        recorder.request("/", "GET", 200, 0.0007)
+
+    one()
+    started = time.perf_counter()
+    for _ in range(repeat):
+        one()
+    return (time.perf_counter() - started) / repeat * 1e6
+
+
+def tracing_cost(summary: dict[str, dict[str, float | None]]) -> str:
+    """Tracing at 100% sampling, CPU per request: the traced target minus plain aiogate."""
+    base = summary.get("aiogate", {}).get("cpu_s_per_1k")
+    mine = summary.get("aiogate-tracing", {}).get("cpu_s_per_1k")
+    rps = summary.get("aiogate", {}).get("rps")
+    traced = summary.get("aiogate-tracing", {}).get("rps")
+    if not (base and mine and rps and traced):
+        return "Tracing (100% sampled) cost: n/a"
+    return (
+        f"Tracing (100% sampled) CPU per request (gateway process): {(mine - base) * 1000:+.1f}"
+        f" \u00b5s; req/s {traced / rps:.2f}{TIMES} of aiogate without tracing"
+    )
 
 
 def nginx_bin() -> str:
@@ -456,6 +551,17 @@ def cpu_headline(samples: list[Sample], summary: dict[str, dict[str, float | Non
     )
 
 
+def limiter_cost(summary: dict[str, dict[str, float | None]]) -> str:
+    """The rate limiter's CPU per request: a limited route minus the same route unlimited."""
+    base = summary.get("aiogate", {}).get("cpu_s_per_1k")
+    parts = []
+    for name, label in (("aiogate-ratelimit", "local"), ("aiogate-ratelimit-redis", "redis")):
+        mine = summary.get(name, {}).get("cpu_s_per_1k")
+        if base and mine:
+            parts.append(f"{label} {(mine - base) * 1000:+.1f} \u00b5s")
+    return "Rate limiter CPU per request (gateway process): " + (", ".join(parts) or "n/a")
+
+
 def render(
     info: dict[str, str],
     args: argparse.Namespace,
@@ -485,6 +591,11 @@ def render(
             f"| {fmt(row['noise_pct'], '.0f')} |"
         )
     lines += ["", f"**{headline(samples, summary)}**", "", cpu_headline(samples, summary), ""]
+    lines += [limiter_cost(summary), ""]
+    lines += [tracing_cost(summary), ""]
+    if getattr(args, "metrics_cost_us", None) is not None:
+        cost = args.metrics_cost_us
+        lines += [f"Metrics per request (in-process micro-benchmark): {cost:.2f} \u00b5s", ""]
     for name in sorted({s.target for s in samples if s.non_2xx or s.socket_errors}):
         lines.append(f"WARNING: `{name}` had errors in some round; its req/s is not comparable.")
     for name, why in skipped.items():
@@ -505,8 +616,14 @@ def start_targets(stack: Stack, skipped: dict[str, str]) -> list[Target]:
         "nginx": start_nginx_proxy,
         "aiohttp-minimal": start_aiohttp_minimal,
         "aiogate": start_aiogate,
+        "aiogate-ratelimit": start_aiogate_ratelimit,
+        "aiogate-ratelimit-redis": start_aiogate_ratelimit_redis,
+        "aiogate-tracing": start_aiogate_tracing,
     }
+    only = getattr(start_targets, "only", None)
     for name, start in starters.items():
+        if only and name not in only:
+            continue
         try:
             targets.append(start(stack, backend.port))
         except SkipTargetError as exc:
@@ -538,7 +655,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "out")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated targets to run (default: all); e.g. "
+        "aiogate,aiohttp-minimal,aiogate-tracing",
+    )
     args = parser.parse_args()
+    start_targets.only = {t for t in args.only.split(",") if t}  # type: ignore[attr-defined]
+    args.metrics_cost_us = metrics_cost_us()
     check_tools()
     # Ctrl-C and SIGTERM must reach the finally: below, even when started with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -575,6 +700,9 @@ def main() -> None:
         "summary": summary,
         "headline": headline(samples, summary),
         "cpu_headline": cpu_headline(samples, summary),
+        "limiter_cost": limiter_cost(summary),
+        "tracing_cost": tracing_cost(summary),
+        "metrics_cost_us": args.metrics_cost_us,
         "skipped": skipped,
         "samples": [asdict(s) for s in samples],
     }

@@ -56,7 +56,11 @@ def _error(exc: Unauthorized | NoRoute, headers: dict[str, str] | None = None) -
     return response
 
 
-def make_admin_app(controller: AdminController) -> web.Application:
+def make_admin_app(
+    controller: AdminController, upstreams: Callable[[], object] | None = None
+) -> web.Application:
+    """`upstreams`: the `/admin/upstreams` document (the serving process's pools), if any."""
+
     async def healthz(_: web.Request) -> web.Response:
         return _json({"status": "ok"})
 
@@ -109,4 +113,12 @@ def make_admin_app(controller: AdminController) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/config", get_config)
     app.router.add_post("/admin/reload", post_reload)
+
+    async def get_upstreams(_: web.Request) -> web.Response:
+        if upstreams is None:
+            # With workers > 1 each worker has its own pools and health state.
+            return _error(NoRoute("upstream state is per worker; not available with workers > 1"))
+        return _json(upstreams())
+
+    app.router.add_get("/admin/upstreams", get_upstreams)
     return app

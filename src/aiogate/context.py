@@ -5,16 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 if TYPE_CHECKING:
     from .runtime_types import CompiledRoute
+    from .tracing import Tracing
 
 __all__ = ["RequestContext"]
 
 _NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+_NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass(slots=True, eq=False)
@@ -38,7 +40,20 @@ class RequestContext:
     backend: str = ""
     #: Who the auth stage recognised (consumer name or JWT subject), for limits and logs.
     consumer: str | None = None
+    #: The consumer's tier (API key record or JWT claim): selects a `rate_limit_tiers` set.
+    tier: str | None = None
+    #: A stable id of the verified API key (SHA-256 hex), for `api_key` rate limits.
+    api_key_id: str | None = None
+    #: The verified JWT's claims (empty for API keys and public routes).
+    claims: Mapping[str, Any] = field(default_factory=lambda: _NO_CLAIMS)
+    #: Set by auth: client headers (lower-case names) never forwarded, and headers to add.
+    upstream_drop: frozenset[str] = frozenset()
+    upstream_add: tuple[tuple[str, str], ...] = ()
     bytes_in: int = 0
     bytes_out: int = 0
     #: Headers a stage wants on the response, whoever writes it (proxy or error renderer).
     response_headers: list[tuple[str, str]] = field(default_factory=list)
+    #: Set only when tracing is on: the Runtime's Tracing, the request span, its trace id.
+    tracing: Tracing | None = None
+    span: Any = None
+    trace_id: str = ""

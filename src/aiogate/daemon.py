@@ -18,6 +18,7 @@ from aiohttp import web
 from . import log, sdnotify
 from .admin import ReloadOutcome, make_admin_app
 from .config import GatewayConfig
+from .metrics import config_loaded
 from .reload import Reloader, configure_logging
 from .runtime import Runtime, RuntimeHolder
 from .server import GatewayServer
@@ -87,6 +88,8 @@ class Daemon:
         logger = log.get_logger("aiogate.daemon")
         runtime = Runtime(config)
         await runtime.start()
+        if not self._worker:
+            config_loaded(self._path.read_bytes())
         holder = self._holder = RuntimeHolder(runtime)
         self._reloader = Reloader(self._path, holder, count_reloads=not self._worker)
         gateway = GatewayServer(holder)
@@ -97,7 +100,11 @@ class Daemon:
         proxy = await loop.create_server(low_level, sock=proxy_socket)
         admin_runner: web.AppRunner | None = None
         if not self._worker:
-            admin_runner = web.AppRunner(make_admin_app(self), access_log=None)
+            admin_runner = web.AppRunner(
+                # late-bound: the Runtime current at request time, not at startup
+                make_admin_app(self, lambda: holder.current.upstreams_snapshot()),  # noqa: PLW0108
+                access_log=None,
+            )
             await admin_runner.setup()
             await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
         self._install_signals(loop)

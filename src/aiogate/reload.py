@@ -7,13 +7,15 @@ Runtime untouched and is reported as a `config_rejected` event with every error.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from pathlib import Path
 
 from . import log
 from .admin import ReloadOutcome
 from .config import ConfigError, GatewayConfig, load_config
-from .metrics import CONFIG_RELOADS
+from .config.diff import diff_summary
+from .metrics import CONFIG_RELOADS, config_loaded
 from .runtime import Runtime, RuntimeHolder
 
 __all__ = ["Reloader", "configure_logging", "restart_only_changes"]
@@ -26,6 +28,7 @@ def configure_logging(config: GatewayConfig) -> None:
         fmt=cfg.format,
         levels=cfg.levels,
         access_log=cfg.access_log,
+        access_sample=cfg.access_log_sample,
         # Several processes share stdout when workers > 1: keep their lines whole.
         whole_lines=config.server.workers > 1,
     )
@@ -75,7 +78,7 @@ class Reloader:
             errors = tuple(str(issue) for issue in exc.issues)
             return self._rejected(old, errors)
         try:
-            new = Runtime(config, generation=old.generation + 1)
+            new = Runtime(config, generation=old.generation + 1, previous=old)
             await new.start()
         except Exception as exc:  # a config that validates but cannot be built
             return self._rejected(old, (f"{self._path}: {exc}",))
@@ -83,6 +86,9 @@ class Reloader:
         configure_logging(config)
         if self._count:
             CONFIG_RELOADS.labels("applied").inc()
+            # A file that vanished after it was loaded keeps the old hash.
+            with contextlib.suppress(OSError):
+                config_loaded(await asyncio.to_thread(self._path.read_bytes))
         pending = restart_only_changes(old.config, config)
         log.get_logger("aiogate.reload").info(
             log.CONFIG_RELOADED,
@@ -92,6 +98,7 @@ class Reloader:
             routes=len(config.routes),
             upstreams=len(config.upstreams),
             restart_required=pending,
+            changes=diff_summary(old.config, config),
         )
         if pending:
             logger.warning(log.CONFIG_RESTART_REQUIRED, keys=pending)

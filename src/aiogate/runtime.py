@@ -8,48 +8,91 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import time
 from collections.abc import Sequence
 from ipaddress import IPv4Network, IPv6Network
 
 from aiohttp import web
 
+from .auth import AuthServices
 from .config import GatewayConfig
-from .metrics import RequestRecorder
+from .metrics import RECORDER, set_build_info
+from .ratelimit import RateLimitPlan
 from .redisconn import make_redis
 from .router import Router
 from .runtime_types import CompiledRoute
 from .stages import Next, Stage, compose
 from .stages.proxy import Proxy
 from .stages.routing import Routing
+from .tracing import Tracing
+from .upstream.health import HealthChecker
 from .upstream.pool import UpstreamPool
+from .upstream.retry import RetryBudget
+from .upstream.state import StateRegistry
 
 __all__ = ["CompiledRoute", "Runtime", "RuntimeHolder"]
 
 # Shared by every Runtime: the labelled metric children outlive a reload.
-_RECORDER = RequestRecorder()
+_RECORDER = RECORDER
 
 
 class Runtime:
     """Everything a request needs, built from one validated config."""
 
-    def __init__(self, config: GatewayConfig, *, generation: int = 1) -> None:
+    def __init__(
+        self, config: GatewayConfig, *, generation: int = 1, previous: Runtime | None = None
+    ) -> None:
         self.config = config
         self.generation = generation
         self.recorder = _RECORDER
+        set_build_info()
+        #: None when tracing is off: then nothing on the request path touches OpenTelemetry.
+        self.tracing = Tracing(config.tracing) if config.tracing.enabled else None
+        wrap = self.tracing.wrap_stage if self.tracing is not None else None
         #: Shared by every Redis-backed feature of this Runtime; None without `redis:`.
         self.redis = make_redis(config.redis) if config.redis is not None else None
-        self.pools = {u.name: UpstreamPool(u) for u in config.upstreams}
+        # What is known about backends (health, ejections, circuits) carries over a reload.
+        self.upstream_states = StateRegistry()
+        self.upstream_states.adopt(
+            config.upstreams,
+            config.circuit_breaker,
+            previous.upstream_states if previous is not None else None,
+            _now(),
+        )
+        self.pools = {u.name: UpstreamPool(u, self.upstream_states) for u in config.upstreams}
+        budgets = {u.name: RetryBudget.from_config(u.retries) for u in config.upstreams}
+        self._health = [
+            HealthChecker(self.pools[u.name], u.health_check, generation)
+            for u in config.upstreams
+            if u.health_check is not None
+        ]
+        #: Verifiers, the JWKS client and its refresh task (started and closed with us).
+        self.auth = AuthServices(config.auth, redis=self.redis)
+        #: The limiter (local, or Redis with local fallback) and each route's limits.
+        self.ratelimit = RateLimitPlan(config, self.redis)
         routes: list[tuple[str, frozenset[str] | None, CompiledRoute]] = []
         for route in config.routes:
             pool = self.pools[route.upstream]
+            upstream = pool.config
+            breaker = upstream.circuit_breaker or config.circuit_breaker
             terminal = Proxy(
                 pool,
-                timeout=route.timeout if route.timeout is not None else pool.config.timeout,
+                timeout=route.timeout if route.timeout is not None else upstream.timeout,
                 max_body_size=config.server.max_body_size,
                 recorder=self.recorder,
+                connect_timeout=route.connect_timeout,  # None: the upstream's
+                read_timeout=route.read_timeout or upstream.read_timeout,
+                retries=route.retries or upstream.retries,
+                budget=None if route.retries is not None else budgets[upstream.name],
+                fallback=breaker.fallback if breaker.enabled else None,
             )
             stages: list[Stage] = []
-            compiled = CompiledRoute(route.label, route, compose(stages, terminal))
+            if route.auth is not None:
+                stages.append(self.auth.stage(route))
+            limiter = self.ratelimit.stage(route)
+            if limiter is not None:
+                stages.append(limiter)
+            compiled = CompiledRoute(route.label, route, compose(stages, terminal, wrap=wrap))
             methods = frozenset(route.methods) if route.methods is not None else None
             routes.append((route.path, methods, compiled))
         self.router: Router[CompiledRoute] = Router(routes)
@@ -61,7 +104,12 @@ class Runtime:
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        """Start background work (health checks arrive with the pool manager)."""
+        """Start background work: auth refreshes, one health-check task per upstream."""
+        await self.auth.start()
+        self.upstream_states.own(self.generation)
+        for checker in self._health:
+            checker.start()
+        await self.ratelimit.start()
 
     def enter(self) -> None:
         self._in_flight += 1
@@ -85,10 +133,23 @@ class Runtime:
         return True
 
     async def close(self) -> None:
+        await self.auth.close()
+        for checker in self._health:
+            await checker.stop()
         for pool in self.pools.values():
             await pool.close()
         if self.redis is not None:
             await self.redis.aclose()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)
+
+    def upstreams_snapshot(self) -> dict[str, object]:
+        """`GET /admin/upstreams`: per upstream and backend, what the pool manager knows."""
+        now = _now()
+        return {
+            "generation": self.generation,
+            "upstreams": [pool.snapshot(now) for pool in self.pools.values()],
+        }
 
     # -- per request -----------------------------------------------------------------------
     def client_address(self, request: web.BaseRequest) -> tuple[str, str, bool]:
@@ -119,6 +180,14 @@ class Runtime:
         except ValueError:
             return False
         return any(ip in network for network in self._trusted)
+
+
+def _now() -> float:
+    """The event loop's clock (the one the pools and breakers run on), if there is a loop."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
 
 
 class RuntimeHolder:

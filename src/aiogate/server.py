@@ -112,6 +112,11 @@ class GatewayServer:
             started=started,
             via_trusted_proxy=via_trusted_proxy,
         )
+        tracing = runtime.tracing
+        if tracing is not None:
+            tracing.start_request(ctx)
+        # Every line logged while serving carries the ids (the request runs in its own task).
+        log.bind_request(request_id, ctx.trace_id)
         try:
             _check_framing(request)
             try:
@@ -120,6 +125,7 @@ class GatewayServer:
                 raise BadRequest(f"invalid request path: {exc}") from None
             response = await runtime.entry(ctx)
         except GatewayError as err:
+            runtime.recorder.error(err.code)
             response = render_error(err, request_id, ctx.response_headers)
             if err.status in (400, 408, 413):
                 # The rest of the request cannot be trusted (or is not wanted): close.
@@ -133,6 +139,7 @@ class GatewayServer:
             log.get_logger("aiogate.server").exception(
                 log.INTERNAL_ERROR, request_id=request_id, path=ctx.path
             )
+            runtime.recorder.error(InternalError.code)
             response = render_error(InternalError("internal gateway error"), request_id)
         self._record(runtime, ctx, response.status, now=time.perf_counter())
         return response
@@ -142,6 +149,8 @@ class GatewayServer:
         duration = now - ctx.started
         route = ctx.route.label if ctx.route is not None else ""
         runtime.recorder.request(route, ctx.method, status, duration)
+        if ctx.tracing is not None:
+            ctx.tracing.end_request(ctx, status)
         log.access(
             {
                 "request_id": ctx.request_id,
@@ -153,8 +162,10 @@ class GatewayServer:
                 "upstream": ctx.upstream,
                 "backend": ctx.backend,
                 "client_ip": ctx.client_ip,
+                "consumer": ctx.consumer,
                 "bytes_in": ctx.bytes_in,
                 "bytes_out": ctx.bytes_out,
+                "trace_id": ctx.trace_id,
             }
         )
 
@@ -297,6 +308,7 @@ class _Protocol(RequestHandler):
                 b"X-Request-ID: %s\r\nServer: aiogate\r\nConnection: close\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (request_id.encode(), len(body), body)
             )
+            self._holder.current.recorder.error("request_timeout")
             self._record_unparsed(408, request_id)
             # Lingering close, as nginx does: a slowloris client is still sending, and closing
             # on unread bytes makes the kernel send RST, which can destroy the 408 before the
@@ -331,6 +343,7 @@ class _Protocol(RequestHandler):
             )
             error = InternalError("internal gateway error")
         request_id = new_request_id()
+        self._holder.current.recorder.error(error.code)
         response = render_error(error, request_id)
         response.force_close()
         self._record_unparsed(error.status, request_id)
@@ -356,5 +369,6 @@ class _Protocol(RequestHandler):
                 "client_ip": peer[0] if isinstance(peer, tuple) else "",
                 "bytes_in": 0,
                 "bytes_out": 0,
+                "trace_id": "",
             }
         )

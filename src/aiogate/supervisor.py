@@ -24,7 +24,7 @@ from . import log, sdnotify
 from .admin import ReloadOutcome, make_admin_app
 from .cli import WORKER_ENV
 from .config import ConfigError, ConfigIssue, GatewayConfig, load_config
-from .metrics import CONFIG_RELOADS
+from .metrics import CONFIG_RELOADS, config_loaded
 from .reload import configure_logging
 
 __all__ = ["Supervisor"]
@@ -122,6 +122,7 @@ class Supervisor:
         return config, before
 
     def _accept(self, text: bytes) -> None:
+        config_loaded(text)
         staging = self._accepted.with_suffix(".tmp")
         staging.write_bytes(text)
         staging.replace(self._accepted)

@@ -4,6 +4,7 @@
 >>> config.server.max_body_size                             # bytes; durations are float seconds
 """
 
+from ._upstream import FallbackResponseConfig, PassiveHealthConfig
 from .errors import ConfigError, ConfigIssue
 from .load import load_config
 from .model import (
@@ -20,6 +21,7 @@ from .model import (
     JwtConfig,
     LoggingConfig,
     LogLevel,
+    RateLimitingConfig,
     RateLimitRule,
     RedisConfig,
     RetriesConfig,
@@ -27,6 +29,7 @@ from .model import (
     RouteConfig,
     RouteRateLimit,
     ServerConfig,
+    TracingConfig,
     Transformations,
     UpstreamConfig,
     UpstreamTlsConfig,
@@ -45,19 +48,23 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "CorsConfig",
+    "FallbackResponseConfig",
     "GatewayConfig",
     "HeaderTransform",
     "HealthCheckConfig",
     "JwtConfig",
     "LogLevel",
     "LoggingConfig",
+    "PassiveHealthConfig",
     "RateLimitRule",
+    "RateLimitingConfig",
     "RedisConfig",
     "RetriesConfig",
     "RouteAuth",
     "RouteConfig",
     "RouteRateLimit",
     "ServerConfig",
+    "TracingConfig",
     "Transformations",
     "UpstreamConfig",
     "UpstreamTlsConfig",

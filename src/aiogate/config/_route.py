@@ -9,7 +9,6 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BeforeValidator, Field, field_validator, model_validator
 
 from ._base import (
-    HTTP_TOKEN,
     IDENTIFIER,
     HeaderName,
     HeaderNames,
@@ -21,6 +20,8 @@ from ._base import (
     fail,
     one_or_many,
 )
+from ._ratelimit import RateLimitRules, RouteRateLimit, check_dimension
+from ._upstream import RetriesConfig
 from .units import Duration
 
 __all__ = [
@@ -36,15 +37,6 @@ __all__ = [
 # RFC 3986 pchar: what a normalised static path segment may contain.
 _STATIC_SEGMENT = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%]+")
 _PARAM_SEGMENT = re.compile(r"\{(\*?)([^{}]*)\}")
-_DIMENSIONS = ("ip", "user", "api_key", "route")
-
-
-def check_dimension(value: str) -> str:
-    """``ip``, ``user``, ``api_key``, ``route`` or ``header:<Name>``."""
-    prefix, _, header = value.partition(":")
-    if value not in _DIMENSIONS and not (prefix == "header" and HTTP_TOKEN.fullmatch(header)):
-        fail(f"unknown dimension '{value}' (use ip, user, api_key, route or header:<Name>)")
-    return value
 
 
 class RouteAuth(Model):
@@ -72,17 +64,6 @@ def _claim_rule(claim: str, rule: Any) -> Any:
     if not isinstance(rule, str):
         fail(f"expected a string or a list of strings, got {describe(rule)}", claim)
     return rule
-
-
-class RouteRateLimit(Model):
-    requests: int = Field(gt=0)
-    window: Annotated[Duration, Field(gt=0)]
-    dimension: str = "ip"
-
-    @field_validator("dimension")
-    @classmethod
-    def _dimension(cls, value: str) -> str:
-        return check_dimension(value)
 
 
 class HeaderTransform(Model):
@@ -147,10 +128,15 @@ class RouteConfig(Model):
     # rejected by extra="forbid" (the loader words that error).
     upstream: str = Field(validation_alias=AliasChoices("upstream", "upstreams"), min_length=1)
     auth: RouteAuth | None = None
-    rate_limit: RouteRateLimit | None = None
+    #: One rule or a list of rules; every one must admit the request.
+    rate_limit: RateLimitRules = ()
     transformations: Transformations | None = None
     cors: CorsConfig | None = None
     timeout: Annotated[Duration | None, Field(gt=0)] = None
+    # Per-route overrides of the upstream's settings (None: the upstream's).
+    connect_timeout: Annotated[Duration | None, Field(gt=0)] = None
+    read_timeout: Annotated[Duration | None, Field(gt=0)] = None
+    retries: RetriesConfig | None = None
 
     @field_validator("path")
     @classmethod

@@ -25,6 +25,8 @@ from pydantic import (
 from ._auth import ApiKeyConfig, ApiKeyEntry, AuthConfig, JwtConfig
 from ._base import Model, describe, fail, one_or_many, split_host_port
 from ._checks import Sections, format_path, reference_issues
+from ._observability import SampleRatio, TracingConfig
+from ._ratelimit import RateLimitingConfig, RateLimitRule, RateLimitRules
 from ._route import (
     CorsConfig,
     HeaderTransform,
@@ -32,7 +34,6 @@ from ._route import (
     RouteConfig,
     RouteRateLimit,
     Transformations,
-    check_dimension,
 )
 from ._upstream import (
     BackendConfig,
@@ -59,12 +60,14 @@ __all__ = [
     "LogLevel",
     "LoggingConfig",
     "RateLimitRule",
+    "RateLimitingConfig",
     "RedisConfig",
     "RetriesConfig",
     "RouteAuth",
     "RouteConfig",
     "RouteRateLimit",
     "ServerConfig",
+    "TracingConfig",
     "Transformations",
     "UpstreamConfig",
     "UpstreamTlsConfig",
@@ -150,6 +153,8 @@ class LoggingConfig(Model):
     format: Literal["json", "console"] = "json"
     levels: Mapping[str, LogLevel] = Field(default_factory=dict)
     access_log: bool = True
+    #: Share of access lines written for responses below 400; error lines are always written.
+    access_log_sample: SampleRatio = 1.0
 
 
 class RedisConfig(Model):
@@ -164,17 +169,6 @@ class RedisConfig(Model):
         return value
 
 
-class RateLimitRule(Model):
-    dimension: str
-    limit: int = Field(gt=0)
-    window: Annotated[Duration, Field(gt=0)]
-
-    @field_validator("dimension")
-    @classmethod
-    def _dimension(cls, value: str) -> str:
-        return check_dimension(value)
-
-
 class GatewayConfig(Model):
     server: ServerConfig = ServerConfig()
     admin: AdminConfig = AdminConfig()
@@ -182,9 +176,13 @@ class GatewayConfig(Model):
     redis: RedisConfig | None = None
     auth: AuthConfig = AuthConfig()
     rate_limits: tuple[RateLimitRule, ...] = ()
+    #: Named limit sets; a consumer's tier selects one in place of the route's `rate_limit`.
+    rate_limit_tiers: Mapping[str, RateLimitRules] = Field(default_factory=dict)
+    rate_limiting: RateLimitingConfig = RateLimitingConfig()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     upstreams: tuple[UpstreamConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
+    tracing: TracingConfig = TracingConfig()
 
     _upstreams_by_name: dict[str, UpstreamConfig] = PrivateAttr(default_factory=dict)
 

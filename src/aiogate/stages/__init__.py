@@ -25,9 +25,17 @@ class Stage(Protocol):
     async def __call__(self, ctx: RequestContext, call_next: Next) -> web.StreamResponse: ...
 
 
-def compose(stages: Sequence[Stage], terminal: Next) -> Next:
-    """Fold `stages` around `terminal`: the first stage runs first and sees the response last."""
+def compose(
+    stages: Sequence[Stage],
+    terminal: Next,
+    *,
+    wrap: Callable[[Stage, Next], Next] | None = None,
+) -> Next:
+    """Fold `stages` around `terminal`: the first stage runs first and sees the response last.
+
+    `wrap` (tracing's span per stage) decorates each stage; None, the default, adds nothing.
+    """
     handler = terminal
     for stage in reversed(stages):
-        handler = partial(stage, call_next=handler)
+        handler = partial(stage, call_next=handler) if wrap is None else wrap(stage, handler)
     return handler

@@ -42,8 +42,7 @@ def test_contract_example(load_text: LoadText, tmp_path: Path) -> None:
     assert route.upstream == "user-service"
     assert route.auth is not None
     assert route.auth.types == ("jwt",)
-    assert route.rate_limit is not None
-    assert (route.rate_limit.requests, route.rate_limit.dimension) == (100, "ip")
+    assert [(r.requests, r.dimension) for r in route.rate_limit] == [(100, "ip")]
     assert route.transformations is not None
     assert route.transformations.response is not None
     assert route.transformations.response.add_headers == {"X-Response-Time": "${latency}"}

@@ -378,8 +378,7 @@ def test_route_sections(load_text: LoadText, errors: Errors) -> None:
     )
     route = cfg.routes[0]
     assert route.timeout == 2.0
-    assert route.rate_limit is not None
-    assert route.rate_limit.dimension == "header:X-Tenant"
+    assert [rule.dimension for rule in route.rate_limit] == ["header:X-Tenant"]
     assert route.cors is not None
     assert (route.cors.allowed_origins, route.cors.allowed_methods) == (("*",), ("GET",))
     assert (route.cors.max_age, route.cors.exposed_headers) == (600.0, ("X-Id",))
