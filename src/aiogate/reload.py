@@ -79,8 +79,16 @@ class Reloader:
             return self._rejected(old, errors)
         try:
             new = Runtime(config, generation=old.generation + 1, previous=old)
-            await new.start()
         except Exception as exc:  # a config that validates but cannot be built
+            return self._rejected(old, (f"{self._path}: {exc}",))
+        try:
+            await new.start()
+        except Exception as exc:
+            # Undo what starting did: its tasks and sockets go, and the running Runtime's
+            # health checks are the ones that record verdicts again.
+            with contextlib.suppress(Exception):
+                await new.close()
+            old.upstream_states.own(old.generation)
             return self._rejected(old, (f"{self._path}: {exc}",))
         self._holder.current = new
         configure_logging(config)

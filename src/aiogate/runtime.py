@@ -48,6 +48,16 @@ class Runtime:
         set_build_info()
         #: None when tracing is off: then nothing on the request path touches OpenTelemetry.
         self.tracing = Tracing(config.tracing) if config.tracing.enabled else None
+        try:
+            self._build(config, previous)
+        except BaseException:
+            # A Runtime that cannot be built must not leave the exporter's thread behind.
+            if self.tracing is not None:
+                self.tracing.shutdown()
+            raise
+
+    def _build(self, config: GatewayConfig, previous: Runtime | None) -> None:
+        generation = self.generation
         wrap = self.tracing.wrap_stage if self.tracing is not None else None
         #: Shared by every Redis-backed feature of this Runtime; None without `redis:`.
         self.redis = make_redis(config.redis) if config.redis is not None else None

@@ -208,3 +208,41 @@ async def test_runtime_drain_waits_for_in_flight(tmp_path: Path) -> None:
     runtime.leave()
     assert await runtime.drain(0.01)
     await runtime.close()
+
+
+async def test_a_runtime_that_fails_to_start_is_rejected_and_undone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "live.yaml"
+    path.write_text(BASE.format(trusted="[]"))
+    first = Runtime(load_config(path, env={}))
+    await first.start()
+    holder = RuntimeHolder(first)
+    reloader = Reloader(path, holder)
+    closed: list[int] = []
+    real_start, real_close = Runtime.start, Runtime.close
+
+    async def failing_start(self: Runtime) -> None:
+        await real_start(self)  # takes over the shared backend state, then fails
+        raise RuntimeError("cannot start")
+
+    async def recording_close(self: Runtime) -> None:
+        closed.append(self.generation)
+        await real_close(self)
+
+    monkeypatch.setattr(Runtime, "start", failing_start)
+    monkeypatch.setattr(Runtime, "close", recording_close)
+    outcome = await reloader.reload()
+    assert not outcome.applied
+    assert outcome.errors == (f"{path}: cannot start",)
+    assert holder.current is first
+    assert closed == [2]  # the half-started Runtime was closed, the running one was not
+    owners = {
+        entry.check_owner
+        for state in first.upstream_states.upstreams.values()
+        for entry in state.backends.values()
+    }
+    assert owners == {first.generation}  # its health checks record verdicts again
+    monkeypatch.undo()
+    await reloader.close()
+    await first.close()
