@@ -11,10 +11,11 @@ Usage::
         resp.release()
     await pool.close()
 
-The wire protocol lives in `http1.py`; this module does pooling, connecting and the one
-stale-connection retry. Errors map to gateway statuses: `UpstreamConnectError` and
-`UpstreamProtocolError` -> 502, `UpstreamTimeoutError` -> 504. ValueError means the caller
-passed something that cannot be framed safely (bad header, body length mismatch).
+The wire protocol lives in `http1.py` (request framing in `head.py`, errors in `errors.py`);
+this module does pooling, connecting and the one stale-connection retry. Errors map to gateway
+statuses: `UpstreamConnectError` and `UpstreamProtocolError` -> 502, `UpstreamTimeoutError` ->
+504. ValueError means the caller passed something that cannot be framed safely (bad header,
+body length mismatch).
 """
 
 from __future__ import annotations
@@ -25,18 +26,15 @@ import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aiogate.upstream.http1 import (
-    BodyChunks,
-    Http1Connection,
-    RequestBody,
+from .errors import (
     UpstreamConnectError,
     UpstreamError,
     UpstreamProtocolError,
-    UpstreamResponse,
     UpstreamTimeoutError,
     _StaleConnectionError,
-    encode_head,
 )
+from .head import BodyChunks, RequestBody, encode_head
+from .http1 import Http1Connection, UpstreamResponse
 
 __all__ = [
     "BodyChunks",

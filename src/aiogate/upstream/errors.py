@@ -1,0 +1,34 @@
+"""The upstream client's errors, and the gateway status each one maps to."""
+
+from __future__ import annotations
+
+__all__ = [
+    "UpstreamConnectError",
+    "UpstreamError",
+    "UpstreamProtocolError",
+    "UpstreamTimeoutError",
+]
+
+
+class UpstreamError(Exception):
+    """Base of every failure to get a response from an upstream."""
+
+
+class UpstreamConnectError(UpstreamError):
+    """Refused, unreachable, DNS failure or connect timeout: the gateway answers 502."""
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The exchange's deadline passed: the gateway answers 504."""
+
+
+class UpstreamProtocolError(UpstreamError):
+    """Malformed or unsupported response, or the upstream closed too early: 502."""
+
+
+class _StaleConnectionError(UpstreamProtocolError):
+    """A reused keep-alive connection died before a single response byte arrived.
+
+    Usually the server closed it while it sat idle and the FIN crossed our request; the pool
+    may replay a replayable request once on a fresh connection.
+    """
