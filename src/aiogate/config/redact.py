@@ -9,6 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, SecretStr
 
+from ._observability import TracingConfig
 from .model import GatewayConfig, RedisConfig
 
 __all__ = ["REDACTED", "redacted"]
@@ -17,8 +18,8 @@ REDACTED = "***redacted***"
 
 
 def redacted(cfg: GatewayConfig) -> dict[str, Any]:
-    """The config as YAML-spelled plain data; secrets (tokens, JWT secret, API keys and a
-    password in the Redis URL) are replaced by ``REDACTED``.
+    """The config as YAML-spelled plain data; secrets (tokens, JWT secret, API keys, a
+    password in the Redis URL, tracing exporter header values) are replaced by ``REDACTED``.
 
     Walks the models itself instead of ``model_dump`` so that a secret can never leak through
     a serializer setting: every SecretStr is hidden by type, wherever it sits.
@@ -33,6 +34,9 @@ def _dump(value: Any) -> Any:
         return REDACTED
     if isinstance(value, RedisConfig):
         return {**_dump_model(value), "url": _hide_password(value.url)}
+    if isinstance(value, TracingConfig):
+        # Exporter headers carry a hosted collector's credentials: names only.
+        return {**_dump_model(value), "headers": dict.fromkeys(value.headers, REDACTED)}
     if isinstance(value, BaseModel):
         return _dump_model(value)
     if isinstance(value, Mapping):

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from config_testing import LoadText, load_contract_example
 
-from aiogate.config import REDACTED, GatewayConfig, redacted
+from aiogate.config import REDACTED, GatewayConfig, load_config, redacted
 
 
 def test_every_secret_is_redacted(load_text: LoadText, tmp_path: Path) -> None:
@@ -56,3 +56,14 @@ def test_numeric_secrets_are_text_and_redacted(load_text: LoadText) -> None:
     assert cfg.admin.token.get_secret_value() == "123456"
     assert "123456" not in str(redacted(cfg))
     assert "98765" not in str(redacted(cfg))
+
+
+def test_tracing_exporter_headers_are_redacted(tmp_path: Path) -> None:
+    path = tmp_path / "tracing.yaml"
+    path.write_text(
+        "tracing:\n  enabled: true\n  endpoint: http://127.0.0.1:4318/v1/traces\n"
+        "  headers: {Authorization: Bearer collector-secret}\n"
+    )
+    dumped = redacted(load_config(path, env={}))
+    assert dumped["tracing"]["headers"] == {"Authorization": REDACTED}
+    assert "collector-secret" not in json.dumps(dumped)
