@@ -77,7 +77,9 @@ class Runtime:
             if u.health_check is not None
         ]
         #: Verifiers, the JWKS client and its refresh task (started and closed with us).
-        self.auth = AuthServices(config.auth, redis=self.redis)
+        self.auth: AuthServices = AuthServices(
+            config.auth, redis=self.redis, previous=previous.auth if previous is not None else None
+        )
         #: The limiter (local, or Redis with local fallback) and each route's limits.
         self.ratelimit = RateLimitPlan(config, self.redis)
         routes: list[tuple[str, frozenset[str] | None, CompiledRoute]] = []

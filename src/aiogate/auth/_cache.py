@@ -20,6 +20,10 @@ class ExpiringLru(Generic[K, V]):
         self._max = max_entries
         self._data: OrderedDict[K, tuple[float, V]] = OrderedDict()
 
+    @property
+    def capacity(self) -> int:
+        return self._max
+
     def __len__(self) -> int:
         return len(self._data)
 

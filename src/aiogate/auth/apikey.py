@@ -108,6 +108,13 @@ class ApiKeyVerifier:
         #: Redis lookups so far (tests: the cache really spares Redis).
         self.store_lookups = 0
 
+    def adopt(self, previous: ApiKeyVerifier) -> None:
+        """Keep a replaced verifier's store lookups: what Redis answered before a reload still
+        answers during an outage after it. Only records from the store are cached, never the
+        config's own keys, so nothing stale from the old config survives."""
+        if previous._store is not None and previous._cache.capacity == self._cache.capacity:
+            self._cache = previous._cache
+
     async def verify(self, key: str) -> Consumer:
         digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
         record = self._memory.get(digest)

@@ -71,6 +71,12 @@ class JwksKeySet:
         #: Fetch attempts so far (tests and the cooldown guarantee).
         self.fetches = 0
 
+    def adopt(self, previous: JwksKeySet) -> None:
+        """Start with the keys a replaced key set already had, when it read the same URL."""
+        if previous.url == self.url:
+            self._by_kid = previous._by_kid
+            self._without_kid = previous._without_kid
+
     @property
     def kids(self) -> frozenset[str]:
         return frozenset(self._by_kid)

@@ -29,7 +29,15 @@ _MAX_JWKS_BYTES: Final = 1024 * 1024
 
 
 class AuthServices:
-    def __init__(self, config: AuthConfig, *, redis: aioredis.Redis | None = None) -> None:
+    def __init__(
+        self,
+        config: AuthConfig,
+        *,
+        redis: aioredis.Redis | None = None,
+        previous: AuthServices | None = None,
+    ) -> None:
+        """`previous` is the replaced Runtime's: what it learned (JWKS keys, Redis key lookups)
+        carries over, so a reload during a JWKS or Redis outage does not lock clients out."""
         self.config = config
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
@@ -45,6 +53,8 @@ class AuthServices:
                     refresh=jwt_config.jwks_refresh,
                     cooldown=jwt_config.jwks_cooldown,
                 )
+                if previous is not None and previous.jwks is not None:
+                    self.jwks.adopt(previous.jwks)
             self.jwt = JwtVerifier(jwt_config, jwks=self.jwks)
         key_config = config.api_key
         if key_config is not None:
@@ -53,6 +63,8 @@ class AuthServices:
                 assert redis is not None  # the config checks demand a `redis:` section
                 store = RedisKeyStore(redis)
             self.api_key = ApiKeyVerifier(key_config, store=store)
+            if store is not None and previous is not None and previous.api_key is not None:
+                self.api_key.adopt(previous.api_key)
 
     def stage(self, route: RouteConfig) -> Authenticate:
         from ..stages.auth import Authenticate

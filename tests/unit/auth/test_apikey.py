@@ -114,3 +114,17 @@ async def test_malformed_record_is_no_key() -> None:
     v = ApiKeyVerifier(ApiKeyConfig(store="redis"), store=store)
     for key in "abcde":
         assert (await failure(v, key)).reason == "invalid_api_key"
+
+
+async def test_a_reloaded_verifier_keeps_what_redis_answered() -> None:
+    # A reload during a Redis outage must not turn keys that worked into 503s.
+    store, clock = FakeStore(), Clock()
+    store.data[digest("r1")] = b'{"consumer": "carol"}'
+    config = ApiKeyConfig(store="redis", cache_ttl=1)
+    old = ApiKeyVerifier(config, store=store, clock=clock)
+    await old.verify("r1")
+    store.down = True
+    new = ApiKeyVerifier(config, store=store, clock=clock)
+    new.adopt(old)
+    assert (await new.verify("r1")).name == "carol"
+    assert (await failure(new, "never-seen")).status == 503

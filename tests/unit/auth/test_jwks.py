@@ -142,3 +142,18 @@ async def test_run_loop_refreshes_and_is_cancellable() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_reloaded_key_set_starts_with_the_keys_already_fetched() -> None:
+    # A reload while the JWKS endpoint is down must not lock out tokens that verified before.
+    endpoint, clock = FakeEndpoint(jwk(rsa_key(), "k1", "RS256")), Clock()
+    old = JwksKeySet("u", endpoint, refresh=300, cooldown=0, clock=clock)
+    assert await old.refresh()
+    endpoint.down = True
+    new = JwksKeySet("u", endpoint, refresh=300, cooldown=0, clock=clock)
+    new.adopt(old)
+    assert new.kids == {"k1"}
+    assert await new.keys_for("k1", "RS256")
+    other = JwksKeySet("elsewhere", endpoint, refresh=300, cooldown=0, clock=clock)
+    other.adopt(old)  # a different URL: its keys are not this issuer's
+    assert other.kids == set()
