@@ -1,0 +1,335 @@
+"""Request and response transformations of one route (after routing, auth and limits).
+
+Everything is decided in `__init__`: header sets, templates, the path rewrite and the query
+edit are compiled once per Runtime. What is routed and authorised is never changed, only what
+is forwarded: a rewrite sets `ctx.upstream_path`, header edits go through
+`ctx.upstream_drop`/`upstream_add`, a JSON body edit through `ctx.upstream_body`.
+
+Response edits the proxy applies while it builds the relayed head (`ctx.response_drop`,
+`ctx.response_edit`), so they work for streamed bodies too. Gateway-made error responses keep
+the contract's shape and are not transformed.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Final
+from urllib.parse import quote, unquote_plus
+
+import orjson
+from aiohttp import hdrs, web
+
+from ..config import JsonBodyTransform, PathRewrite, RouteConfig, Transformations
+from ..context import RequestContext
+from ..template import REQUEST_VARIABLES, VARIABLES, Part, Var, parse
+from . import Next
+
+__all__ = ["JsonEdit", "Template", "Transform", "compile_rewrite", "compile_template"]
+
+Getter = Callable[[RequestContext], str]
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+_PARAM: Final = re.compile(r"\{\*[^{}]*\}$")
+
+
+def _clean(value: str) -> str:
+    # A consumer name comes from a JWT `sub` or an API key record: never let it split a header.
+    return value if value.isprintable() else _CONTROL.sub("", value)
+
+
+def _latency(ctx: RequestContext) -> str:
+    return f"{(time.perf_counter() - ctx.started) * 1000.0:.3f}"
+
+
+_GETTERS: Final[Mapping[str, Getter]] = {
+    "latency": _latency,
+    "request_id": lambda ctx: ctx.request_id,
+    "consumer": lambda ctx: _clean(ctx.consumer) if ctx.consumer else "",
+    "route": lambda ctx: ctx.route.label if ctx.route is not None else "",
+    "client_ip": lambda ctx: ctx.client_ip,
+    "upstream": lambda ctx: ctx.upstream,
+    "backend": lambda ctx: ctx.backend,
+}
+
+
+class Template:
+    """A parsed header value: literals and variable getters; constants render for free."""
+
+    __slots__ = ("_parts", "constant")
+
+    def __init__(self, parts: tuple[Part, ...], constants: Mapping[str, str]) -> None:
+        compiled: list[str | Getter] = []
+        for part in parts:
+            piece: str | Getter = part if isinstance(part, str) else _GETTERS[part.name]
+            if isinstance(part, Var) and part.name in constants:
+                piece = constants[part.name]
+            last = compiled[-1] if compiled else None
+            if isinstance(piece, str) and isinstance(last, str):
+                compiled[-1] = last + piece
+            else:
+                compiled.append(piece)
+        self._parts = tuple(compiled)
+        #: The value when it needs no request (then nothing is rendered per request).
+        self.constant: str | None = None
+        if not compiled:
+            self.constant = ""
+        elif len(compiled) == 1 and isinstance(compiled[0], str):
+            self.constant = compiled[0]
+
+    def render(self, ctx: RequestContext) -> str:
+        if self.constant is not None:
+            return self.constant
+        return "".join(p if isinstance(p, str) else p(ctx) for p in self._parts)
+
+
+def compile_template(
+    text: str, constants: Mapping[str, str] | None = None, allowed: frozenset[str] = VARIABLES
+) -> Template:
+    """`text` parsed once; `constants` fixes variables known when the Runtime is built."""
+    return Template(parse(text, allowed), constants or {})
+
+
+def compile_rewrite(rewrite: PathRewrite, route_path: str) -> Callable[[str], str]:
+    """The forwarded path as a function of the routed (normalised) path."""
+    if rewrite.regex is not None:
+        pattern = re.compile(rewrite.regex)
+        replacement = rewrite.replacement or ""
+
+        def by_regex(path: str) -> str:
+            out = pattern.sub(replacement, path, count=1)
+            return out if out.startswith("/") else "/" + out
+
+        return by_regex
+    prefix = (rewrite.prefix or "/").rstrip("/")
+    # The segments the route's pattern matched ({param}s count, a trailing {*rest} does not).
+    pattern_path = _PARAM.sub("", route_path).rstrip("/")
+    segments = pattern_path.count("/")
+
+    def by_prefix(path: str) -> str:
+        pos = 0
+        for _ in range(segments):
+            pos = path.find("/", pos + 1)
+            if pos < 0:
+                pos = len(path)
+                break
+        return prefix + path[pos:] or "/"
+
+    return by_prefix
+
+
+def _query_editor(add: Mapping[str, str], remove: tuple[str, ...]) -> Callable[[str], str]:
+    names = frozenset(remove) | frozenset(add)
+    added = [f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in add.items()]
+
+    def edit(query: str) -> str:
+        kept = (
+            [p for p in query.split("&") if p and unquote_plus(p.partition("=")[0]) not in names]
+            if query
+            else []
+        )
+        return "&".join(kept + added)
+
+    return edit
+
+
+def _is_json(content_type: str | None) -> bool:
+    if not content_type:
+        return False
+    media = content_type.partition(";")[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+class JsonEdit:
+    """Add/remove top-level fields of a JSON object; anything else is left as it was."""
+
+    __slots__ = ("_add", "_remove", "max_size")
+
+    def __init__(self, config: JsonBodyTransform) -> None:
+        self._add = tuple(config.add.items())
+        self._remove = config.remove
+        self.max_size = config.max_size
+
+    def applies(self, content_type: str | None, encoding: str | None, size: int | None) -> bool:
+        return (
+            size is not None
+            and 0 < size <= self.max_size
+            and not encoding
+            and _is_json(content_type)
+        )
+
+    def __call__(self, body: bytes) -> bytes | None:
+        """The edited body, or None when it is not a JSON object (then it passes untouched)."""
+        try:
+            data: Any = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        for name in self._remove:
+            data.pop(name, None)
+        for name, value in self._add:
+            data[name] = value
+        return orjson.dumps(data)
+
+
+class Transform:
+    name: ClassVar[str] = "transform"
+
+    __slots__ = (
+        "_add",
+        "_drop",
+        "_max_body_size",
+        "_query",
+        "_renames",
+        "_request_json",
+        "_response_add",
+        "_response_drop",
+        "_response_json",
+        "_response_renames",
+        "_rewrite",
+        "_static_add",
+        "_status_map",
+    )
+
+    def __init__(self, config: Transformations, route: RouteConfig, *, max_body_size: int) -> None:
+        constants = {"route": route.label, "upstream": route.upstream}
+        request, response = config.request, config.response
+        self._max_body_size = max_body_size
+        self._drop: frozenset[str] = frozenset()
+        self._add: tuple[tuple[str, Template], ...] = ()
+        self._static_add: tuple[tuple[str, str], ...] | None = None
+        self._renames: tuple[tuple[str, str], ...] = ()
+        self._rewrite: Callable[[str], str] | None = None
+        self._query: Callable[[str], str] | None = None
+        self._request_json: JsonEdit | None = None
+        if request is not None:
+            self._renames = tuple(request.rename_headers.items())
+            self._drop = frozenset(
+                n.lower()
+                for n in (*request.remove_headers, *request.add_headers, *request.rename_headers,
+                          *request.rename_headers.values())
+            )  # fmt: skip
+            self._add = tuple(
+                (name, compile_template(value, constants, REQUEST_VARIABLES))
+                for name, value in request.add_headers.items()
+            )
+            if all(t.constant is not None for _, t in self._add):
+                self._static_add = tuple((n, t.constant or "") for n, t in self._add)
+            if request.rewrite is not None:
+                self._rewrite = compile_rewrite(request.rewrite, route.path)
+            if request.add_query or request.remove_query:
+                self._query = _query_editor(request.add_query, request.remove_query)
+            if request.json_body is not None:
+                self._request_json = JsonEdit(request.json_body)
+        self._response_drop: frozenset[str] = frozenset()
+        self._response_add: tuple[tuple[str, Template], ...] = ()
+        self._status_map: Mapping[int, int] = {}
+        self._response_json: JsonEdit | None = None
+        self._response_renames: Mapping[str, str] = {}
+        if response is not None:
+            # A renamed header keeps its place (renamed in the hook); an upstream header that
+            # already has the new name is replaced.
+            self._response_drop = frozenset(
+                n.lower()
+                for n in (*response.remove_headers, *response.add_headers,
+                          *response.rename_headers.values())
+            )  # fmt: skip
+            self._response_add = tuple(
+                (name, compile_template(value, {"route": route.label}))
+                for name, value in response.add_headers.items()
+            )
+            self._status_map = dict(response.status_map)
+            if response.json_body is not None:
+                self._response_json = JsonEdit(response.json_body)
+            self._response_renames = {o.lower(): n for o, n in response.rename_headers.items()}
+
+    async def __call__(self, ctx: RequestContext, call_next: Next) -> web.StreamResponse:
+        if self._drop:
+            self._request_headers(ctx)
+        if self._rewrite is not None:
+            ctx.upstream_path = self._rewrite(ctx.path)
+        if self._query is not None:
+            ctx.query = self._query(ctx.query)
+        if self._request_json is not None:
+            await self._request_body(ctx, self._request_json)
+        if self._response_drop:
+            drop = ctx.response_drop
+            ctx.response_drop = drop | self._response_drop if drop else self._response_drop
+        if self._response_add or self._status_map or self._response_renames:
+            ctx.response_edit = self._edit_response
+        response = await call_next(ctx)
+        if self._response_json is not None:
+            self._response_body(ctx, response, self._response_json)
+        return response
+
+    # -- request ---------------------------------------------------------------------------
+    def _request_headers(self, ctx: RequestContext) -> None:
+        drop = ctx.upstream_drop
+        ctx.upstream_drop = drop | self._drop if drop else self._drop
+        added: list[tuple[str, str]] = []
+        if self._renames:
+            incoming = ctx.request.headers
+            for old, new in self._renames:
+                added.extend((new, value) for value in incoming.getall(old, ()))
+        if self._static_add is not None:
+            added.extend(self._static_add)
+        else:
+            added.extend((name, template.render(ctx)) for name, template in self._add)
+        if added:
+            ctx.upstream_add = (*ctx.upstream_add, *added)
+
+    async def _request_body(self, ctx: RequestContext, edit: JsonEdit) -> None:
+        request = ctx.request
+        headers = request.headers
+        length = request.content_length
+        if (
+            not request.body_exists
+            or length is None
+            or length > self._max_body_size  # the proxy answers 413
+            or not edit.applies(
+                headers.get(hdrs.CONTENT_TYPE), headers.get(hdrs.CONTENT_ENCODING), length
+            )
+        ):
+            return
+        body = await request.read()
+        ctx.bytes_in = len(body)
+        edited = edit(body)
+        ctx.upstream_body = edited if edited is not None else body
+
+    # -- response --------------------------------------------------------------------------
+    def _edit_response(
+        self, ctx: RequestContext, status: int, headers: list[tuple[str, str]]
+    ) -> int:
+        if self._response_renames:
+            self._rename_response(ctx, headers)
+        for name, template in self._response_add:
+            headers.append((name, template.render(ctx)))
+        return self._status_map.get(status, status)
+
+    def _rename_response(self, ctx: RequestContext, headers: list[tuple[str, str]]) -> None:
+        renames = self._response_renames
+        for index, (name, value) in enumerate(headers):
+            new = renames.get(name.lower())
+            if new is not None:
+                headers[index] = (new, value)
+
+    @staticmethod
+    def _response_body(ctx: RequestContext, response: web.StreamResponse, edit: JsonEdit) -> None:
+        # Only a whole (not yet sent) upstream body: the proxy reads bodies up to 64 KiB whole.
+        if response.prepared or not isinstance(response, web.Response) or ctx.method == "HEAD":
+            return
+        body = response.body
+        if not isinstance(body, bytes):
+            return
+        headers = response.headers
+        if not edit.applies(
+            headers.get(hdrs.CONTENT_TYPE), headers.get(hdrs.CONTENT_ENCODING), len(body)
+        ):
+            return
+        edited = edit(body)
+        if edited is not None:
+            response.body = edited
+            ctx.bytes_out = len(edited)
