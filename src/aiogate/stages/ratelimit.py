@@ -35,6 +35,12 @@ def _policy(limits: tuple[Limit, ...], shared: bool) -> str:
     )
 
 
+def _ceil(seconds: float) -> int:
+    """Whole seconds, rounded up, ignoring float noise: the bucket maths turn an exact 11 s
+    into 11.000000000000004, which a bare ceil would report as 12."""
+    return math.ceil(seconds - 1e-6)
+
+
 def _sf(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
@@ -77,7 +83,7 @@ class RateLimit:
             values = [limit.value(ctx) for limit in limits]
         verdict = await self._limiter.acquire(limits, values)
         reported = verdict.reported
-        reset = math.ceil(verdict.reset)
+        reset = _ceil(verdict.reset)
         remaining = str(verdict.remaining)
         ctx.response_headers += (
             ("X-RateLimit-Limit", str(verdict.limit)),
@@ -88,7 +94,7 @@ class RateLimit:
         )
         if verdict.admitted:
             return await call_next(ctx)
-        retry = max(1, math.ceil(verdict.retry_after))
+        retry = max(1, _ceil(verdict.retry_after))
         self._rejections[reported.id].inc()
         log.get_logger("aiogate.ratelimit").info(
             log.RATELIMIT_REJECTED,
