@@ -10,6 +10,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from etcd_server import EtcdServer
 from redis_server import RedisServer
 
 
@@ -17,5 +18,13 @@ from redis_server import RedisServer
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A real redis-server of this test's own: kill() and restart() it to test outages."""
     server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def etcd_server(tmp_path: Path) -> Iterator[EtcdServer]:
+    """A real etcd of this test's own: kill() and restart() it to test outages."""
+    server = EtcdServer(tmp_path).start()
     yield server
     server.stop()

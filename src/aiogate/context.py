@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -53,6 +53,14 @@ class RequestContext:
     bytes_out: int = 0
     #: Headers a stage wants on the response, whoever writes it (proxy or error renderer).
     response_headers: list[tuple[str, str]] = field(default_factory=list)
+    #: Set by transform: the path and body forwarded instead of `path` and the client's body.
+    upstream_path: str | None = None
+    upstream_body: bytes | None = None
+    #: Upstream response headers (lower-case names) never relayed (CORS, transform).
+    response_drop: frozenset[str] = frozenset()
+    #: Called by the proxy on the relayed response head before it is sent (streamed or not):
+    #: may edit the header pairs in place; returns the status to send.
+    response_edit: Callable[[RequestContext, int, list[tuple[str, str]]], int] | None = None
     #: Set only when tracing is on: the Runtime's Tracing, the request span, its trace id.
     tracing: Tracing | None = None
     span: Any = None

@@ -18,10 +18,12 @@ from aiohttp import web
 from . import log, sdnotify
 from .admin import ReloadOutcome, make_admin_app
 from .config import GatewayConfig
+from .discovery import Discovery
 from .metrics import config_loaded
 from .reload import Reloader, configure_logging
 from .runtime import Runtime, RuntimeHolder
 from .server import GatewayServer
+from .watch import ConfigWatcher
 
 __all__ = ["Daemon", "bind_socket"]
 
@@ -55,6 +57,12 @@ class Daemon:
         self._holder: RuntimeHolder | None = None
         self._reloader: Reloader | None = None
         self._tasks: set[asyncio.Task[object]] = set()
+        #: Backends from etcd; idle (no tasks) unless an upstream has `discovery:`.
+        self._discovery = Discovery()
+        # `reload.watch`: the process owning the config watches it; a worker never does.
+        self._watcher = (
+            None if worker else ConfigWatcher(config_path, self.reload, lambda: self.config.reload)
+        )
 
     # -- AdminController -------------------------------------------------------------------
     @property
@@ -74,9 +82,12 @@ class Daemon:
         assert self._reloader is not None
         sdnotify.reloading()
         try:
-            return await self._reloader.reload()
+            outcome = await self._reloader.reload()
         finally:
             sdnotify.ready()
+        if self._watcher is not None:  # the new config may switch watching on or off
+            await self._watcher.sync()
+        return outcome
 
     # -- lifecycle -------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -86,12 +97,18 @@ class Daemon:
         config = self._initial
         configure_logging(config)
         logger = log.get_logger("aiogate.daemon")
-        runtime = Runtime(config)
+        # The first read from etcd (bounded by its timeout) comes before the first Runtime, so a
+        # gateway whose etcd is up starts ready with the registered backends.
+        await self._discovery.start(config)
+        runtime = Runtime(self._discovery.apply(config))
         await runtime.start()
         if not self._worker:
             config_loaded(self._path.read_bytes())
         holder = self._holder = RuntimeHolder(runtime)
         self._reloader = Reloader(self._path, holder, count_reloads=not self._worker)
+        self._reloader.base = config
+        self._reloader.overlay = self._discovery
+        self._discovery.attach(self._reloader)
         gateway = GatewayServer(holder)
         low_level = gateway.make_server()
         loop = asyncio.get_running_loop()
@@ -118,7 +135,11 @@ class Daemon:
             routes=len(config.routes),
         )
         sdnotify.ready()
+        if self._watcher is not None:
+            await self._watcher.sync()
         await self._stop.wait()
+        if self._watcher is not None:
+            await self._watcher.close()
 
         # Graceful shutdown: stop accepting, report not-ready, let in-flight requests finish.
         self._draining = True
@@ -128,6 +149,7 @@ class Daemon:
         proxy.close()
         low_level.pre_shutdown()
         await _shutdown_within(low_level, timeout)
+        await self._discovery.close()
         await self._reloader.close()
         await holder.current.close()
         for task in list(self._tasks):

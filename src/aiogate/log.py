@@ -33,6 +33,12 @@ __all__ = [
     "BACKEND_ERROR",
     "CONFIG_REJECTED",
     "CONFIG_RELOADED",
+    "CONFIG_FILE_CHANGED",
+    "CONFIG_WATCH_FAILED",
+    "CONFIG_WATCH_FILE_MISSING",
+    "CONFIG_WATCH_STARTED",
+    "CONFIG_WATCH_STOPPED",
+    "IP_REJECTED",
     "INTERNAL_ERROR",
     "RATELIMIT_BACKEND_DEGRADED",
     "RATELIMIT_BACKEND_RESTORED",
@@ -80,8 +86,13 @@ RATELIMIT_BACKEND_RESTORED: Final = "ratelimit_backend_restored"
 CIRCUIT_STATE_CHANGED: Final = "circuit_state_changed"
 BACKEND_HEALTH_CHANGED: Final = "backend_health_changed"
 BACKEND_EJECTED: Final = "backend_ejected"
+DISCOVERY_CONNECTED: Final = "discovery_connected"
+DISCOVERY_DISCONNECTED: Final = "discovery_disconnected"
+DISCOVERY_BACKENDS_CHANGED: Final = "discovery_backends_changed"
+DISCOVERY_BAD_VALUE: Final = "discovery_bad_value"
+DISCOVERY_APPLIED: Final = "discovery_applied"
+DISCOVERY_APPLY_FAILED: Final = "discovery_apply_failed"
 HEALTH_CHECK_OUTPUT: Final = "health_check_output"
-UPSTREAM_RETRY: Final = "upstream_retry"
 AUTH_FAILED: Final = "auth_failed"
 JWKS_REFRESHED: Final = "jwks_refreshed"
 JWKS_REFRESH_FAILED: Final = "jwks_refresh_failed"
@@ -89,7 +100,14 @@ AUTH_STORE_UNAVAILABLE: Final = "auth_store_unavailable"
 AUTH_STORE_BAD_RECORD: Final = "auth_store_bad_record"
 AUTH_KEY_INVALID: Final = "auth_key_invalid"
 RATELIMIT_REJECTED: Final = "ratelimit_rejected"
-#: An upstream attempt failed and another one follows (fields: attempt, upstream, backend, error).
+IP_REJECTED: Final = "ip_rejected"
+CONFIG_WATCH_STARTED: Final = "config_watch_started"
+CONFIG_WATCH_STOPPED: Final = "config_watch_stopped"
+CONFIG_WATCH_FAILED: Final = "config_watch_failed"
+CONFIG_WATCH_FILE_MISSING: Final = "config_watch_file_missing"
+CONFIG_FILE_CHANGED: Final = "config_file_changed"
+#: An upstream attempt failed and another follows (fields: upstream, backend, attempt, reason,
+#: delay_ms; the request_id and trace_id are bound to the line).
 RETRY: Final = "retry"
 
 ACCESS_LOGGER: Final = "aiogate.access"
@@ -261,14 +279,18 @@ def configure(
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
-    _State.processors = [
+    _State.processors = _processors(renderer)
+    _State.cache = {}
+
+
+def _processors(renderer: Processor) -> list[Processor]:
+    return [
         _add_request_ids,
         structlog.processors.add_log_level,
         _timestamp,
         structlog.processors.format_exc_info,
         renderer,
     ]
-    _State.cache = {}
 
 
 def get_logger(name: str) -> Any:
@@ -279,6 +301,11 @@ def get_logger(name: str) -> Any:
     """
     logger = _State.cache.get(name)
     if logger is None:
+        if not _State.processors:
+            # Used before configure() (a library caller, a test): JSON lines, the default.
+            _State.processors = _processors(
+                structlog.processors.JSONRenderer(serializer=orjson.dumps)
+            )
         logger = structlog.wrap_logger(
             _SinkLogger(),
             processors=_State.processors,

@@ -34,7 +34,10 @@ __all__ = [
     "CONFIG_LOADED_TIME",
     "CONFIG_RELOADS",
     "CONTENT_TYPE",
+    "DISCOVERY_BACKENDS",
+    "DISCOVERY_UP",
     "ERRORS",
+    "IP_REJECTIONS",
     "RATELIMIT_BACKEND_UP",
     "RATELIMIT_REJECTIONS",
     "REQUESTS",
@@ -117,6 +120,11 @@ BACKEND_EJECTIONS: Final = Counter(
     "Passive health check ejections, by upstream and backend.",
     ["upstream", "backend"],
 )
+IP_REJECTIONS: Final = Counter(
+    "aiogate_ip_rejections_total",
+    "Requests rejected with 403 by an IP allow/deny rule, by route.",
+    ["route"],
+)
 AUTH_FAILURES: Final = Counter(
     "aiogate_auth_failures_total",
     "Rejected credentials, by route and reason.",
@@ -155,6 +163,17 @@ BUILD_INFO: Final = Gauge(
     "Always 1; the labels say which aiogate and Python are running.",
     ["version", "python"],
     multiprocess_mode="max",
+)
+DISCOVERY_BACKENDS: Final = Gauge(
+    "aiogate_discovery_backends",
+    "Backends of an upstream currently registered in service discovery (etcd).",
+    ["upstream"],
+    multiprocess_mode="livemax",
+)
+DISCOVERY_UP: Final = Gauge(
+    "aiogate_discovery_up",
+    "1 while every discovery source (etcd watch) is connected, 0 while one is retrying.",
+    multiprocess_mode="livemin",
 )
 
 

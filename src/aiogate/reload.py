@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
+from typing import Protocol
 
 from . import log
 from .admin import ReloadOutcome
@@ -18,7 +19,16 @@ from .config.diff import diff_summary
 from .metrics import CONFIG_RELOADS, config_loaded
 from .runtime import Runtime, RuntimeHolder
 
-__all__ = ["Reloader", "configure_logging", "restart_only_changes"]
+__all__ = ["ConfigOverlay", "Reloader", "configure_logging", "restart_only_changes"]
+
+
+class ConfigOverlay(Protocol):
+    """Turns the config read from the file into the config to run (service discovery merges
+    the backends it found). `applied` hears of each file config that went live."""
+
+    def apply(self, config: GatewayConfig) -> GatewayConfig: ...
+
+    def applied(self, config: GatewayConfig) -> None: ...
 
 
 def configure_logging(config: GatewayConfig) -> None:
@@ -64,6 +74,9 @@ class Reloader:
         self._count = count_reloads
         self._lock = asyncio.Lock()
         self._draining: set[asyncio.Task[None]] = set()
+        #: The running config as read from the file, before any overlay.
+        self.base: GatewayConfig = holder.current.config
+        self.overlay: ConfigOverlay | None = None
 
     async def reload(self) -> ReloadOutcome:
         async with self._lock:
@@ -73,24 +86,19 @@ class Reloader:
         old = self._holder.current
         logger = log.get_logger("aiogate.reload")
         try:
-            config = await asyncio.to_thread(load_config, self._path)
+            config = loaded = await asyncio.to_thread(load_config, self._path)
         except ConfigError as exc:
             errors = tuple(str(issue) for issue in exc.issues)
             return self._rejected(old, errors)
-        try:
-            new = Runtime(config, generation=old.generation + 1, previous=old)
-        except Exception as exc:  # a config that validates but cannot be built
-            return self._rejected(old, (f"{self._path}: {exc}",))
-        try:
-            await new.start()
-        except Exception as exc:
-            # Undo what starting did: its tasks and sockets go, and the running Runtime's
-            # health checks are the ones that record verdicts again.
-            with contextlib.suppress(Exception):
-                await new.close()
-            old.upstream_states.own(old.generation)
-            return self._rejected(old, (f"{self._path}: {exc}",))
+        if self.overlay is not None:
+            config = self.overlay.apply(loaded)
+        new = await self._start_runtime(old, config)
+        if isinstance(new, str):
+            return self._rejected(old, (new,))
         self._holder.current = new
+        self.base = loaded
+        if self.overlay is not None:
+            self.overlay.applied(loaded)
         configure_logging(config)
         if self._count:
             CONFIG_RELOADS.labels("applied").inc()
@@ -114,6 +122,53 @@ class Reloader:
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
         return ReloadOutcome(True, new.generation)
+
+    async def _start_runtime(self, old: Runtime, config: GatewayConfig) -> Runtime | str:
+        """A started Runtime for `config`, or why there is none (`old` keeps running)."""
+        try:
+            new = Runtime(config, generation=old.generation + 1, previous=old)
+        except Exception as exc:  # a config that validates but cannot be built
+            return f"{self._path}: {exc}"
+        try:
+            await new.start()
+        except Exception as exc:
+            # Undo what starting did: its tasks and sockets go, and the running Runtime's
+            # health checks are the ones that record verdicts again.
+            with contextlib.suppress(Exception):
+                await new.close()
+            old.upstream_states.own(old.generation)
+            return f"{self._path}: {exc}"
+        return new
+
+    async def rebuild(self, reason: str) -> ReloadOutcome:
+        """Run the current file config again through the overlay, without reading the file.
+
+        Service discovery calls this when a backend set changed: the new Runtime is built and
+        swapped in exactly like a reload's, so in-flight requests finish on the old one and
+        backend state carries over. Nothing happens when the result equals the running config.
+        """
+        async with self._lock:
+            old = self._holder.current
+            config = self.overlay.apply(self.base) if self.overlay is not None else self.base
+            if config == old.config:
+                return ReloadOutcome(True, old.generation)
+            new = await self._start_runtime(old, config)
+            logger = log.get_logger("aiogate.reload")
+            if isinstance(new, str):
+                logger.error(log.DISCOVERY_APPLY_FAILED, reason=reason, error=new, pid=os.getpid())
+                return ReloadOutcome(False, old.generation, (new,))
+            self._holder.current = new
+            logger.info(
+                log.DISCOVERY_APPLIED,
+                reason=reason,
+                pid=os.getpid(),
+                generation=new.generation,
+                changes=diff_summary(old.config, config),
+            )
+            task = asyncio.create_task(self._retire(old), name=f"retire-runtime-{old.generation}")
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+            return ReloadOutcome(True, new.generation)
 
     def _rejected(self, current: Runtime, errors: tuple[str, ...]) -> ReloadOutcome:
         if self._count:

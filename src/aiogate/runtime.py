@@ -22,8 +22,11 @@ from .redisconn import make_redis
 from .router import Router
 from .runtime_types import CompiledRoute
 from .stages import Next, Stage, compose
+from .stages.cors import Cors
+from .stages.ip_rules import IpRulesPlan
 from .stages.proxy import Proxy
 from .stages.routing import Routing
+from .stages.transform import Transform
 from .tracing import Tracing
 from .upstream.health import HealthChecker
 from .upstream.pool import UpstreamPool
@@ -82,6 +85,8 @@ class Runtime:
         )
         #: The limiter (local, or Redis with local fallback) and each route's limits.
         self.ratelimit = RateLimitPlan(config, self.redis)
+        #: Global IP rules compiled once; each route's stage adds its own (None: no stage).
+        self.ip_rules = IpRulesPlan(config.ip_rules)
         routes: list[tuple[str, frozenset[str] | None, CompiledRoute]] = []
         for route in config.routes:
             pool = self.pools[route.upstream]
@@ -99,12 +104,25 @@ class Runtime:
                 fallback=breaker.fallback if breaker.enabled else None,
             )
             stages: list[Stage] = []
+            ip_rules = self.ip_rules.stage(route)
+            if ip_rules is not None:  # first: a denied client reaches nothing else
+                stages.append(ip_rules)
+            cors = route.cors or config.cors
+            if cors is not None:  # before auth: preflights carry no credentials
+                stages.append(Cors(cors, route.methods))
             if route.auth is not None:
                 stages.append(self.auth.stage(route))
             limiter = self.ratelimit.stage(route)
             if limiter is not None:
                 stages.append(limiter)
-            compiled = CompiledRoute(route.label, route, compose(stages, terminal, wrap=wrap))
+            transform = route.transformations
+            if transform is not None and (transform.request or transform.response):
+                stages.append(
+                    Transform(transform, route, max_body_size=config.server.max_body_size)
+                )
+            compiled = CompiledRoute(
+                route.label, route, compose(stages, terminal, wrap=wrap), cors=cors is not None
+            )
             methods = frozenset(route.methods) if route.methods is not None else None
             routes.append((route.path, methods, compiled))
         self.router: Router[CompiledRoute] = Router(routes)

@@ -17,3 +17,5 @@ class CompiledRoute:
     config: RouteConfig
     #: This route's stages composed around the proxy, once per Runtime.
     handler: Next
+    #: The route has a CORS policy: a preflight is routed by the method it asks about.
+    cors: bool = False

@@ -26,6 +26,7 @@ from .cli import WORKER_ENV
 from .config import ConfigError, ConfigIssue, GatewayConfig, load_config
 from .metrics import CONFIG_RELOADS, config_loaded
 from .reload import configure_logging
+from .watch import ConfigWatcher
 
 __all__ = ["Supervisor"]
 
@@ -62,6 +63,8 @@ class Supervisor:
         # restarted after the file was edited (or rejected) must not crash-loop on it, nor
         # serve a config its siblings do not.
         self._accepted = self._dir / "accepted.yaml"
+        # `reload.watch`: the parent watches and reloads; its workers follow by SIGHUP.
+        self._watcher = ConfigWatcher(config_path, self.reload, lambda: self._config.reload)
 
     # -- AdminController -------------------------------------------------------------------
     @property
@@ -82,9 +85,11 @@ class Supervisor:
         async with self._lock:
             sdnotify.reloading()
             try:
-                return await self._reload()
+                outcome = await self._reload()
             finally:
                 sdnotify.ready()
+        await self._watcher.sync()  # the new config may switch watching on or off
+        return outcome
 
     async def _reload(self) -> ReloadOutcome:
         try:
@@ -177,7 +182,9 @@ class Supervisor:
             )
         except TimeoutError:
             logger.error(log.WORKERS_NOT_READY, workers=self._count)
+        await self._watcher.sync()
         await self._stop.wait()
+        await self._watcher.close()
 
         sdnotify.stopping()
         logger.info(log.SHUTDOWN_STARTED, workers=len(self._workers))

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from backend import BackendThread
 from gateway import Gateway
+from gwconfigs import basic_config
 
 
 @pytest.fixture(scope="session")
@@ -19,26 +20,6 @@ def backends() -> Iterator[BackendThread]:
     thread.start()
     yield thread
     thread.stop()
-
-
-def basic_config(backends: BackendThread, **extra: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "logging": {"level": "info"},
-        "upstreams": [
-            {"name": "user-service", "backends": [{"url": backends.url("backend-1")}]},
-            {"name": "order-service", "backends": [{"url": backends.url("backend-2")}]},
-        ],
-        "routes": [
-            {"path": "/api/users", "methods": ["GET", "POST", "PUT", "DELETE", "HEAD"],
-             "upstream": "user-service"},
-            {"path": "/api/orders", "upstreams": "order-service"},
-            {"path": "/api/orders/{id}/items", "methods": ["GET"], "upstream": "user-service",
-             "name": "order-items"},
-            {"path": "/t", "upstream": "user-service", "name": "testing"},
-        ],
-    }  # fmt: skip
-    config.update(extra)
-    return config
 
 
 @pytest.fixture
@@ -76,24 +57,3 @@ def raw_backend() -> Iterator[Any]:
     server = RawBackend().start()
     yield server
     server.stop()
-
-
-def wide_config(
-    backends: BackendThread, raw_url: str | None = None, **server: Any
-) -> dict[str, Any]:
-    """basic_config plus a catch-all `/` route to backend-1 (so /cookies, /gzip, /upload...
-    are reachable) and, with `raw_url`, `/raw` to the raw backend. `server` keys go to server:."""
-    config = basic_config(backends)
-    config["routes"] = [
-        *config["routes"],
-        {"path": "/", "upstream": "user-service", "name": "root"},
-    ]
-    if raw_url is not None:
-        config["upstreams"] = [
-            *config["upstreams"],
-            {"name": "raw", "backends": [{"url": raw_url}]},
-        ]
-        config["routes"] = [*config["routes"], {"path": "/raw", "upstream": "raw", "name": "raw"}]
-    if server:
-        config["server"] = dict(server)
-    return config

@@ -11,9 +11,8 @@ from typing import Any
 import pytest
 from backend import BackendThread
 from gateway import Gateway, wait_until
+from gwconfigs import wide_config
 from wire import connect, read_reply, request
-
-from conftest import wide_config
 
 TOKEN = "admin-token-s3cret-value"
 JWT_SECRET = "jwt-secret-never-shown"

@@ -16,9 +16,8 @@ from typing import Any
 import pytest
 from backend import BackendThread
 from gateway import Gateway, wait_until
+from gwconfigs import basic_config
 from wire import Reply, access_line, assert_gateway_error, new_id, request
-
-from conftest import basic_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "auth"))
 from keys import SECRET, claims, public_pem, rsa_key, token, unsigned

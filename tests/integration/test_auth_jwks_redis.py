@@ -18,9 +18,8 @@ import pytest
 import redis
 from aiohttp import web
 from backend import BackendThread
+from gwconfigs import basic_config
 from wire import assert_gateway_error, new_id, request
-
-from conftest import basic_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "auth"))
 from keys import claims, ec_key, jwk, rsa_key, token

@@ -104,6 +104,13 @@ def test_retries_go_to_a_healthy_backend(
     group[1].up()
     group[1].status = 503
     assert {call(gw)[0] for _ in range(6)} == {200}  # GET: a 503 is retried elsewhere
+    # Each retry is a `retry` event naming the failed backend, the reason and the request.
+    retries = gw.wait_event("retry")
+    reasons = {event["reason"] for event in retries}
+    assert reasons <= {"connect", "status"}
+    assert "connect" in reasons
+    assert all(event["upstream"] and event["backend"] and event["request_id"] for event in retries)
+    assert all(event["attempt"] >= 1 and event["delay_ms"] >= 0 for event in retries)
 
 
 def test_a_post_a_backend_saw_is_not_retried(

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from backend import BackendThread
 from gateway import ROOT, free_port
+from gwconfigs import basic_config
 from yaml_dump import dump
 
 import aiogate
-from conftest import basic_config
 
 AIOGATE = Path(sys.executable).with_name("aiogate")
 UNIT = ROOT / "systemd" / "aiogate.service"

@@ -12,10 +12,9 @@ from typing import Any
 import pytest
 from backend import BackendThread
 from gateway import Gateway
+from gwconfigs import basic_config
 from metrics_support import Scrape, scrape
 from ruamel.yaml import YAML
-
-from conftest import basic_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "aiogate.json"

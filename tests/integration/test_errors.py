@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from backend import BackendThread
 from gateway import Gateway, free_port
+from gwconfigs import wide_config
 from wire import (
     access_line,
     assert_gateway_error,
@@ -19,8 +20,6 @@ from wire import (
     recv_all,
     request,
 )
-
-from conftest import wide_config
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,8 @@ from typing import Any
 import pytest
 from backend import BackendThread
 from gateway import Gateway
+from gwconfigs import wide_config
 from wire import access_line, connect, new_id, read_reply, request, seen_with
-
-from conftest import wide_config
 
 HOP_BY_HOP = {
     "connection",

@@ -14,9 +14,8 @@ import aiohttp
 import pytest
 from backend import BackendThread
 from gateway import Gateway, wait_until
+from gwconfigs import basic_config
 from lifecycle_support import async_wait_until, http_status, metric_sum, refused, routes_with
-
-from conftest import basic_config
 
 ISSUE = re.compile(r"^(?P<file>/\S+):(?P<line>\d+):(?P<col>\d+): (?P<message>.+)$")
 SLOW_ROUTE = {"path": "/slow", "upstream": "user-service", "name": "slow"}

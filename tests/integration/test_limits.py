@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from backend import BackendThread
 from gateway import Gateway
+from gwconfigs import wide_config
 from wire import (
     assert_gateway_error,
     connect,
@@ -21,8 +22,6 @@ from wire import (
     seen_with,
     wait_closed,
 )
-
-from conftest import wide_config
 
 LIMIT = 1024 * 1024
 HEADER_TIMEOUT = 1.0

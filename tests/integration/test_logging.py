@@ -12,9 +12,8 @@ from typing import Any
 import pytest
 from backend import BackendThread
 from gateway import Gateway, wait_until
+from gwconfigs import basic_config
 from otlp_receiver import OtlpReceiver
-
-from conftest import basic_config
 
 ACCESS_FIELDS = {"event", "request_id", "method", "path", "route", "status", "duration_ms",
                  "upstream", "backend", "client_ip", "trace_id", "level", "timestamp"}  # fmt: skip

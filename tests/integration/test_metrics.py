@@ -15,10 +15,10 @@ from typing import Any
 
 from backend import BackendThread
 from gateway import Gateway, wait_until
+from gwconfigs import basic_config
 from metrics_support import scrape
 
 from aiogate import __version__
-from conftest import basic_config
 
 
 def call(gw: Gateway, path: str, method: str = "GET", headers: dict[str, str] | None = None) -> int:

@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 from backend import BackendThread
 from gateway import Gateway
+from gwconfigs import wide_config
 from wire import access_line, new_id, request, seen_with
-
-from conftest import wide_config
 
 ACCESS_FIELDS = {
     "event",

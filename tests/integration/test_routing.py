@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from backend import BackendThread
 from gateway import Gateway
+from gwconfigs import basic_config
 from wire import (
     access_line,
     assert_gateway_error,
@@ -16,8 +17,6 @@ from wire import (
     seen_count,
     seen_with,
 )
-
-from conftest import basic_config
 
 
 def routing_config(backends: BackendThread) -> dict[str, Any]:

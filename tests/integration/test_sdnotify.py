@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from backend import BackendThread
 from gateway import Gateway
+from gwconfigs import basic_config
 from lifecycle_support import NotifySocket
-
-from conftest import basic_config
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from backend import BackendThread
 from gateway import Gateway, wait_until
+from gwconfigs import wide_config
 from wire import (
     assert_gateway_error,
     connect,
@@ -22,8 +23,6 @@ from wire import (
     recv_all,
     seen_count,
 )
-
-from conftest import wide_config
 
 
 @pytest.fixture(scope="module")

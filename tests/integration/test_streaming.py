@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 from backend import BackendThread
 from gateway import Gateway
+from gwconfigs import wide_config
 from wire import new_id, seen_with
-
-from conftest import wide_config
 
 MiB = 1024 * 1024
 SIZE = 200 * MiB

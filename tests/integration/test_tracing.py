@@ -10,9 +10,8 @@ from typing import Any
 import pytest
 from backend import BackendThread
 from gateway import Gateway, wait_until
+from gwconfigs import basic_config
 from otlp_receiver import OtlpReceiver
-
-from conftest import basic_config
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"

@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from backend import BackendThread
 from gateway import Gateway, wait_until
+from gwconfigs import basic_config
 from lifecycle_support import (
     established_on,
     http_status,
@@ -22,8 +23,6 @@ from lifecycle_support import (
     metrics_text,
     pid_alive,
 )
-
-from conftest import basic_config
 
 
 def worker_pids(gw: Gateway) -> dict[int, int]:

@@ -205,3 +205,19 @@ def test_whole_lines_for_shared_stdout(monkeypatch: pytest.MonkeyPatch) -> None:
     assert b"".join(pieces) == body
     assert len(pieces) > 1
     assert all(len(p) <= select.PIPE_BUF and p.endswith(b"\n") for p in pieces)
+
+
+def test_a_logger_works_before_configure(monkeypatch: pytest.MonkeyPatch) -> None:
+    from aiogate import log as logmod
+
+    read, write = os.pipe()
+    monkeypatch.setattr(logmod._State, "processors", [])
+    monkeypatch.setattr(logmod._State, "cache", {})
+    monkeypatch.setattr(logmod._State, "sink", logmod.BufferedSink(write))
+    logmod.get_logger("aiogate.early").warning("early_event", answer=42)
+    logmod.flush()
+    os.close(write)
+    line = os.read(read, 65536).decode()
+    os.close(read)
+    assert '"event":"early_event"' in line
+    assert '"answer":42' in line

@@ -4,6 +4,8 @@
 >>> config.server.max_body_size                             # bytes; durations are float seconds
 """
 
+from ._discovery import EtcdDiscoveryConfig
+from ._route import JsonBodyTransform, PathRewrite, RequestTransform, ResponseTransform
 from ._upstream import FallbackResponseConfig, PassiveHealthConfig
 from .errors import ConfigError, ConfigIssue
 from .load import load_config
@@ -18,12 +20,14 @@ from .model import (
     GatewayConfig,
     HeaderTransform,
     HealthCheckConfig,
+    IpRulesConfig,
     JwtConfig,
     LoggingConfig,
     LogLevel,
     RateLimitingConfig,
     RateLimitRule,
     RedisConfig,
+    ReloadConfig,
     RetriesConfig,
     RouteAuth,
     RouteConfig,
@@ -48,17 +52,24 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "CorsConfig",
+    "EtcdDiscoveryConfig",
     "FallbackResponseConfig",
     "GatewayConfig",
     "HeaderTransform",
     "HealthCheckConfig",
+    "IpRulesConfig",
+    "JsonBodyTransform",
     "JwtConfig",
     "LogLevel",
     "LoggingConfig",
     "PassiveHealthConfig",
+    "PathRewrite",
     "RateLimitRule",
     "RateLimitingConfig",
     "RedisConfig",
+    "ReloadConfig",
+    "RequestTransform",
+    "ResponseTransform",
     "RetriesConfig",
     "RouteAuth",
     "RouteConfig",

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BeforeValidator, Field, field_validator, model_validator
 
+from ..template import REQUEST_VARIABLES, VARIABLES, TemplateError
+from ..template import parse as parse_template
+from ._access import IpRulesConfig
 from ._base import (
     IDENTIFIER,
     HeaderName,
@@ -15,6 +18,7 @@ from ._base import (
     HeaderValue,
     Methods,
     Model,
+    NonEmptyStr,
     StrList,
     describe,
     fail,
@@ -22,11 +26,15 @@ from ._base import (
 )
 from ._ratelimit import RateLimitRules, RouteRateLimit, check_dimension
 from ._upstream import RetriesConfig
-from .units import Duration
+from .units import Duration, Size
 
 __all__ = [
     "CorsConfig",
     "HeaderTransform",
+    "JsonBodyTransform",
+    "PathRewrite",
+    "RequestTransform",
+    "ResponseTransform",
     "RouteAuth",
     "RouteConfig",
     "RouteRateLimit",
@@ -66,18 +74,216 @@ def _claim_rule(claim: str, rule: Any) -> Any:
     return rule
 
 
+# Headers a transformation may never add, remove or rename: hop-by-hop fields (RFC 9110
+# §7.6.1) and those the gateway owns (framing, X-Forwarded-*, X-Request-ID).
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
+     "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"}
+)  # fmt: skip
+_REQUEST_OWNED = _HOP_BY_HOP | {
+    "host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
+    "x-request-id",
+}  # fmt: skip
+_RESPONSE_OWNED = _HOP_BY_HOP | {"content-length", "x-request-id"}
+_MAX_REWRITE_PATTERN = 256
+_REWRITE_GROUP_REF = re.compile(r"\\(\d+)|\\g<([^>]*)>")
+_REWRITE_PATH = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*")
+_REWRITE_LITERAL = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%/\\<>]*")
+
+
+def _check_owned(names: Any, owned: frozenset[str], verb: str) -> None:
+    for index, name in enumerate(names):
+        if isinstance(name, str) and name.lower() in owned:
+            where = name if isinstance(names, Mapping) else index
+            fail(f"'{name}' is a hop-by-hop or gateway-owned header and cannot be {verb}", where)
+
+
+def _plain_json(value: Any, *at: str | int) -> Any:
+    """YAML mappings and lists as plain JSON values (orjson serialises only exact dicts)."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain_json(v, *at, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain_json(v, *at, i) for i, v in enumerate(value)]
+    return fail(f"expected a JSON value, got {describe(value)}", *at)
+
+
 class HeaderTransform(Model):
+    #: Set: the header ends up with exactly this value (a same-named one is replaced).
     add_headers: Mapping[HeaderName, HeaderValue] = Field(default_factory=dict)
     remove_headers: HeaderNames = ()
+    #: old name -> new name; the value moves, the old name is gone.
+    rename_headers: Mapping[HeaderName, HeaderName] = Field(default_factory=dict)
+
+    # What this direction may not touch, and the variables its values may use.
+    _owned: ClassVar[frozenset[str]] = _RESPONSE_OWNED
+    _variables: ClassVar[frozenset[str]] = VARIABLES
+
+    @field_validator("add_headers")
+    @classmethod
+    def _add(cls, value: Mapping[str, str]) -> Mapping[str, str]:
+        _check_owned(value, cls._owned, "added")
+        for name, text in value.items():
+            try:
+                parse_template(text, cls._variables)
+            except TemplateError as exc:
+                fail(str(exc), name)
+        return value
+
+    @field_validator("remove_headers")
+    @classmethod
+    def _remove(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        _check_owned(value, cls._owned, "removed")
+        return value
+
+    @field_validator("rename_headers")
+    @classmethod
+    def _rename(cls, value: Mapping[str, str]) -> Mapping[str, str]:
+        _check_owned(value, cls._owned, "renamed")
+        for old, new in value.items():
+            if new.lower() in cls._owned:
+                fail(f"'{new}' is a hop-by-hop or gateway-owned header", old)
+        return value
+
+
+class JsonBodyTransform(Model):
+    """Top-level fields of a JSON object body; other bodies pass untouched."""
+
+    add: Mapping[str, Any] = Field(default_factory=dict)
+    remove: StrList = ()
+    #: Bodies larger than this (or without a Content-Length) pass untouched, streamed.
+    max_size: Annotated[Size, Field(gt=0)] = 64 * 1024
+
+    @field_validator("add", mode="before")
+    @classmethod
+    def _json_values(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): _plain_json(v, str(k)) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> JsonBodyTransform:
+        if not self.add and not self.remove:
+            fail("give `add` and/or `remove`")
+        return self
+
+
+class PathRewrite(Model):
+    """What is forwarded instead of the routed path (routing and auth saw the original).
+
+    `prefix`: the part of the path the route's pattern matched is replaced by this (Envoy's
+    `prefix_rewrite`). `regex` + `replacement`: the first match is substituted.
+    """
+
+    prefix: str | None = None
+    regex: str | None = Field(default=None, min_length=1, max_length=_MAX_REWRITE_PATTERN)
+    replacement: str | None = None
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str | None) -> str | None:
+        if value is not None and (
+            not value.startswith("/") or not _REWRITE_PATH.fullmatch(value) or "//" in value
+        ):
+            fail(f"must be a path starting with '/', got '{value}'")
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> PathRewrite:
+        if (self.prefix is None) == (self.regex is None):
+            fail("give exactly one of `prefix` or `regex` (with `replacement`)")
+        if self.regex is None:
+            if self.replacement is not None:
+                fail("only meaningful with `regex`", "replacement")
+            return self
+        try:
+            pattern = re.compile(self.regex)
+        except re.error as exc:
+            fail(f"invalid regular expression: {exc}", "regex")
+        if self.replacement is None:
+            fail("`regex` needs a `replacement`", "regex")
+        if not _REWRITE_LITERAL.fullmatch(self.replacement):
+            fail("may hold path characters and group references only", "replacement")
+        for number, name in _REWRITE_GROUP_REF.findall(self.replacement):
+            index = number or name
+            ok = name in pattern.groupindex or (index.isdigit() and int(index) <= pattern.groups)
+            if not ok:
+                fail(f"refers to a group the regex does not have: {number or name}", "replacement")
+        return self
+
+
+def _status(code: int, *at: str | int) -> int:
+    if not 200 <= code <= 599 or code in (204, 304):
+        fail(f"status {code} cannot be mapped (200-599, not 204 or 304)", *at)
+    return code
+
+
+class RequestTransform(HeaderTransform):
+    rewrite: PathRewrite | None = None
+    #: Set: a same-named parameter the client sent is replaced.
+    add_query: Mapping[NonEmptyStr, str] = Field(default_factory=dict)
+    remove_query: StrList = ()
+    json_body: JsonBodyTransform | None = None
+
+    _owned: ClassVar[frozenset[str]] = _REQUEST_OWNED
+    _variables: ClassVar[frozenset[str]] = REQUEST_VARIABLES
+
+
+class ResponseTransform(HeaderTransform):
+    #: upstream status -> status sent to the client, e.g. {502: 503}.
+    status_map: Mapping[int, int] = Field(default_factory=dict)
+    json_body: JsonBodyTransform | None = None
+
+    @field_validator("status_map")
+    @classmethod
+    def _statuses(cls, value: Mapping[int, int]) -> Mapping[int, int]:
+        for source, target in value.items():
+            _status(source, source)
+            _status(target, source)
+        return value
 
 
 class Transformations(Model):
-    request: HeaderTransform | None = None
-    response: HeaderTransform | None = None
+    request: RequestTransform | None = None
+    response: ResponseTransform | None = None
+
+
+def _check_origin(origin: str, index: int) -> str:
+    if origin == "*":
+        return origin
+    scheme, sep, host = origin.partition("://")
+    if host.startswith("*."):
+        host = host[2:]
+    if (
+        not sep
+        or scheme.lower() not in ("http", "https")
+        or not _ORIGIN_HOST.fullmatch(host)
+        or "*" in host
+    ):
+        fail(
+            f"invalid origin '{origin}' (expected '*', scheme://host[:port] or "
+            "scheme://*.domain[:port], without a path)",
+            index,
+        )
+    return origin
+
+
+_ORIGIN_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-.]+)(:\d{1,5})?")
+
+
+def _origins(value: Any) -> Any:
+    value = one_or_many(value)
+    if isinstance(value, tuple):
+        for index, item in enumerate(value):
+            if isinstance(item, str):
+                _check_origin(item, index)
+    return value
 
 
 class CorsConfig(Model):
-    allowed_origins: StrList = ()
+    #: Exact origins, '*', or wildcard subdomains such as 'https://*.example.com'.
+    allowed_origins: Annotated[StrList, BeforeValidator(_origins)] = ()
     allowed_methods: Methods = ()
     allowed_headers: HeaderNames = ()
     exposed_headers: HeaderNames = ()
@@ -137,6 +343,8 @@ class RouteConfig(Model):
     connect_timeout: Annotated[Duration | None, Field(gt=0)] = None
     read_timeout: Annotated[Duration | None, Field(gt=0)] = None
     retries: RetriesConfig | None = None
+    #: Checked after the global `ip_rules`, before anything else on the route.
+    ip_rules: IpRulesConfig | None = None
 
     @field_validator("path")
     @classmethod

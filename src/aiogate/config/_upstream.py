@@ -12,11 +12,13 @@ from pydantic import (
     Field,
     ModelWrapValidatorHandler,
     PrivateAttr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from ._base import HTTP_TOKEN, Model, check_host, fail, string_list
+from ._discovery import EtcdDiscoveryConfig
 from .units import Duration
 
 __all__ = [
@@ -268,7 +270,11 @@ Strategy = Literal[
 class UpstreamConfig(Model):
     name: str = Field(min_length=1)
     strategy: Strategy = "round_robin"
-    backends: tuple[BackendConfig, ...] = Field(min_length=1)
+    #: Backends registered in etcd, added to the static ones (see docs/discovery.md).
+    #: Declared before `backends` so that the check of `backends` can see it.
+    discovery: EtcdDiscoveryConfig | None = None
+    #: May be empty (or omitted) when `discovery` supplies the backends.
+    backends: tuple[BackendConfig, ...] = Field(default=None, validate_default=True)
     health_check: HealthCheckConfig | None = None
     passive_health_check: PassiveHealthConfig | None = None
     retries: RetriesConfig = RetriesConfig()
@@ -284,6 +290,20 @@ class UpstreamConfig(Model):
     max_connections: int | None = Field(default=None, ge=1)
     keepalive_timeout: Annotated[Duration, Field(gt=0)] = 60.0
     tls: UpstreamTlsConfig = UpstreamTlsConfig()
+
+    @field_validator("backends", mode="before")
+    @classmethod
+    def _backends_or_discovery(cls, value: Any, info: ValidationInfo) -> Any:
+        # Without discovery an upstream with no backends could never serve. A `discovery`
+        # that failed validation is absent from info.data: it is reported on its own.
+        static_only = "discovery" in info.data and info.data["discovery"] is None
+        if value is None:
+            if static_only:
+                fail("missing required key")
+            return ()
+        if static_only and isinstance(value, list | tuple) and not value:
+            fail("must have at least 1 item")
+        return value
 
     @model_validator(mode="after")
     def _unique_backends(self) -> UpstreamConfig:

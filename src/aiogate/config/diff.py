@@ -11,7 +11,7 @@ __all__ = ["diff_summary"]
 
 # Sections compared as a whole; routes and upstreams are compared item by item.
 _SECTIONS = ("server", "admin", "logging", "redis", "auth", "rate_limits", "circuit_breaker",
-             "tracing")  # fmt: skip
+             "tracing", "ip_rules", "reload")  # fmt: skip
 
 
 def _by_key(items: Iterable[Any], key: str) -> dict[str, Any]:

@@ -22,11 +22,13 @@ from pydantic import (
     model_validator,
 )
 
+from ._access import IpRulesConfig
 from ._auth import ApiKeyConfig, ApiKeyEntry, AuthConfig, JwtConfig
 from ._base import Model, describe, fail, one_or_many, split_host_port
 from ._checks import Sections, format_path, reference_issues
 from ._observability import SampleRatio, TracingConfig
 from ._ratelimit import RateLimitingConfig, RateLimitRule, RateLimitRules
+from ._reload import ReloadConfig
 from ._route import (
     CorsConfig,
     HeaderTransform,
@@ -56,12 +58,14 @@ __all__ = [
     "GatewayConfig",
     "HeaderTransform",
     "HealthCheckConfig",
+    "IpRulesConfig",
     "JwtConfig",
     "LogLevel",
     "LoggingConfig",
     "RateLimitRule",
     "RateLimitingConfig",
     "RedisConfig",
+    "ReloadConfig",
     "RetriesConfig",
     "RouteAuth",
     "RouteConfig",
@@ -183,6 +187,11 @@ class GatewayConfig(Model):
     upstreams: tuple[UpstreamConfig, ...] = ()
     routes: tuple[RouteConfig, ...] = ()
     tracing: TracingConfig = TracingConfig()
+    #: Applied on every route, before the route's own `ip_rules` (both must admit a client).
+    ip_rules: IpRulesConfig = IpRulesConfig()
+    reload: ReloadConfig = ReloadConfig()
+    #: The CORS policy of every route without its own `cors:` (a route's replaces it whole).
+    cors: CorsConfig | None = None
 
     _upstreams_by_name: dict[str, UpstreamConfig] = PrivateAttr(default_factory=dict)
 

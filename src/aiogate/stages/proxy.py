@@ -90,20 +90,26 @@ def filter_request_headers(
     return [(name, value) for name, value in source.items() if name.lower() not in drop]
 
 
-def filter_response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """End-to-end response headers, as pairs (aiohttp builds its multidict from them once)."""
+def filter_response_headers(
+    headers: list[tuple[str, str]], extra: frozenset[str] = frozenset()
+) -> list[tuple[str, str]]:
+    """End-to-end response headers, as pairs (aiohttp builds its multidict from them once).
+
+    `extra`: lower-case names a stage replaces or removes (CORS, transform).
+    """
     kept = []
     named: list[str] = []
+    drop = _RESPONSE_DROP | extra if extra else _RESPONSE_DROP
     for name, value in headers:
         lowered = name.lower()
-        if lowered in _RESPONSE_DROP:
+        if lowered in drop:
             if lowered == "connection":
                 named.append(value)
             continue
         kept.append((lowered, name, value))
     if named:
-        extra = set().union(*(_connection_tokens(v) for v in named))
-        return [(name, value) for lowered, name, value in kept if lowered not in extra]
+        tokens = set().union(*(_connection_tokens(v) for v in named))
+        return [(name, value) for lowered, name, value in kept if lowered not in tokens]
     return [(name, value) for _, name, value in kept]
 
 
@@ -220,7 +226,7 @@ class Proxy:
                 failure, reason, reached = self._classify(ctx, exc)
                 if not (
                     self._may_retry(ctx, body, attempt, reached, reason)
-                    and await self._backoff(attempt, deadline, reason)
+                    and await self._backoff(ctx, attempt, deadline, reason)
                 ):
                     raise failure from None
                 tried.append(backend)
@@ -266,7 +272,7 @@ class Proxy:
             ctx, body, attempt, True, "status"
         ):
             return False
-        delay = self._retry_delay(attempt, deadline, "status")
+        delay = self._retry_delay(ctx, attempt, deadline, "status")
         if delay is None:
             return False
         upstream.release()
@@ -284,7 +290,8 @@ class Proxy:
     ) -> UpstreamResponse:
         """Send the request to `backend`; return once its response head is in."""
         headers = self._upstream_headers(ctx, backend)
-        target = backend.base_path + ctx.path
+        path = ctx.path if ctx.upstream_path is None else ctx.upstream_path  # transform's rewrite
+        target = backend.base_path + path
         if ctx.query:
             target = f"{target}?{ctx.query}"
         # Observability (issue 6): the attempt's span (which also injects its traceparent)
@@ -358,20 +365,28 @@ class Proxy:
             return False
         return True
 
-    async def _backoff(self, attempt: int, deadline: float, reason: str) -> bool:
+    async def _backoff(
+        self, ctx: RequestContext, attempt: int, deadline: float, reason: str
+    ) -> bool:
         """Wait before retry number `attempt`; False if the deadline would pass meanwhile."""
-        delay = self._retry_delay(attempt, deadline, reason)
+        delay = self._retry_delay(ctx, attempt, deadline, reason)
         if delay is None:
             return False
         if delay > 0:
             await asyncio.sleep(delay)
         return True
 
-    def _retry_delay(self, attempt: int, deadline: float, reason: str) -> float | None:
+    def _retry_delay(
+        self, ctx: RequestContext, attempt: int, deadline: float, reason: str
+    ) -> float | None:
         delay = backoff_delay(self._retries, attempt - 1, self._random)
         if self._loop.time() + delay >= deadline:
             return None
         self._count_retry(reason)
+        log.get_logger("aiogate.proxy").info(
+            log.RETRY, upstream=ctx.upstream, backend=ctx.backend, attempt=attempt,
+            reason=reason, delay_ms=round(delay * 1000.0, 3),
+        )  # fmt: skip
         return delay
 
     def _count_retry(self, reason: str) -> None:
@@ -393,6 +408,8 @@ class Proxy:
 
     async def _request_body(self, ctx: RequestContext) -> RequestBody | None:
         request = ctx.request
+        if ctx.upstream_body is not None:  # a transformed body (read whole by the stage)
+            return RequestBody(data=ctx.upstream_body, chunks=None, length=len(ctx.upstream_body))
         if not request.body_exists:
             if ctx.method in ("POST", "PUT", "PATCH"):
                 return RequestBody(data=b"", chunks=None, length=0)
@@ -462,9 +479,14 @@ class Proxy:
     async def _relay(
         self, ctx: RequestContext, request: web.BaseRequest, upstream: UpstreamResponse
     ) -> web.StreamResponse:
-        headers = filter_response_headers(upstream.headers)
+        headers = filter_response_headers(upstream.headers, ctx.response_drop)
         headers.append(("X-Request-ID", ctx.request_id))
         headers += ctx.response_headers
+        status, reason = upstream.status, upstream.reason or None
+        if ctx.response_edit is not None:  # transform: headers, status mapping
+            status = ctx.response_edit(ctx, status, headers)
+            if status != upstream.status:
+                reason = None
         length = upstream.content_length
         if length is not None and length <= _BUFFER_LIMIT:
             try:
@@ -479,12 +501,13 @@ class Proxy:
                 ) from None
             upstream.release()
             if ctx.method == "HEAD" or upstream.status in (204, 304):
-                return self._bodiless(ctx, upstream, headers)
+                response = self._bodiless(ctx, upstream, headers)
+                if status != upstream.status:
+                    response.set_status(status)
+                return response
             ctx.bytes_out = len(body)
-            return _RelayedWhole(
-                status=upstream.status, reason=upstream.reason, headers=headers, body=body
-            )
-        return await self._stream(ctx, request, upstream, headers)
+            return _RelayedWhole(status=status, reason=reason, headers=headers, body=body)
+        return await self._stream(ctx, request, upstream, headers, status=status, reason=reason)
 
     @staticmethod
     def _bodiless(
@@ -505,8 +528,11 @@ class Proxy:
         request: web.BaseRequest,
         upstream: UpstreamResponse,
         headers: list[tuple[str, str]],
+        *,
+        status: int,
+        reason: str | None,
     ) -> web.StreamResponse:
-        response = _Relayed(status=upstream.status, reason=upstream.reason, headers=headers)
+        response = _Relayed(status=status, reason=reason, headers=headers)
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
         try:
