@@ -161,3 +161,21 @@ Methods = Annotated[
     AfterValidator(_unique),
     AfterValidator(_not_empty),
 ]
+
+
+def _network(value: Any) -> Any:
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    if not isinstance(value, str):
+        fail(f"expected a CIDR or an IP address, got {describe(value)}")
+    try:
+        # strict: `10.0.0.1/8` is more likely a typo than a wish for 10.0.0.0/8, and in an
+        # allow/deny or trusted-proxy list a silently widened range is a security decision
+        # nobody made.
+        return ipaddress.ip_network(value.strip(), strict=True)
+    except ValueError as exc:
+        fail(f"invalid CIDR or IP address: {exc}")
+
+
+#: A CIDR (or a bare address) as written in trusted_proxies and ip_rules.
+IpNetwork = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]

@@ -7,7 +7,6 @@ re-exported here, which is the one import path other code should use.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -24,7 +23,7 @@ from pydantic import (
 
 from ._access import IpRulesConfig
 from ._auth import ApiKeyConfig, ApiKeyEntry, AuthConfig, JwtConfig
-from ._base import Model, describe, fail, one_or_many, split_host_port
+from ._base import IpNetwork, Model, fail, one_or_many, split_host_port
 from ._checks import Sections, format_path, reference_issues
 from ._observability import SampleRatio, TracingConfig
 from ._ratelimit import RateLimitingConfig, RateLimitRule, RateLimitRules
@@ -90,19 +89,6 @@ def _listen(value: str) -> str:
     return value
 
 
-def _network(value: Any) -> Any:
-    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
-        return value
-    if not isinstance(value, str):
-        fail(f"expected a CIDR or an IP address, got {describe(value)}")
-    try:
-        # strict: `10.0.0.1/8` is more likely a typo than a wish for 10.0.0.0/8.
-        return ipaddress.ip_network(value.strip(), strict=True)
-    except ValueError as exc:
-        fail(f"invalid CIDR or IP address: {exc}")
-
-
-Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
 ListenAddress = Annotated[str, AfterValidator(_listen)]
 
 
@@ -112,7 +98,7 @@ class ServerConfig(Model):
     max_body_size: Annotated[Size, Field(ge=0)] = 10 * 1024 * 1024
     header_timeout: Annotated[Duration, Field(gt=0)] = 10.0
     idle_timeout: Annotated[Duration, Field(gt=0)] = 75.0
-    trusted_proxies: Annotated[tuple[Network, ...], BeforeValidator(one_or_many)] = ()
+    trusted_proxies: Annotated[tuple[IpNetwork, ...], BeforeValidator(one_or_many)] = ()
     shutdown_timeout: Annotated[Duration, Field(ge=0)] = 30.0
     max_header_size: Annotated[Size, Field(gt=0)] = 8 * 1024
     max_headers: int = Field(default=100, gt=0)
