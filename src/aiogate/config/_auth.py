@@ -14,6 +14,7 @@ from pydantic import BeforeValidator, Field, SecretStr, field_validator, model_v
 from ._base import (
     HeaderName,
     Model,
+    ReadableFile,
     StrList,
     check_header_name,
     describe,
@@ -47,7 +48,9 @@ class JwtConfig(Model):
     algorithms: Annotated[tuple[str, ...], BeforeValidator(one_or_many)] = ("HS256",)
     secret: SecretStr | None = None
     public_key: str | None = None
-    public_key_file: str | None = None
+    # Readable at load time; the content is parsed when the Runtime is built: a file that is not
+    # a PEM public key leaves the asymmetric algorithms without a key (401 `no_key`, logged).
+    public_key_file: ReadableFile | None = None
     jwks_url: str | None = None
     issuer: str | None = None
     audience: Annotated[str | tuple[str, ...] | None, BeforeValidator(_audience)] = None
@@ -89,20 +92,6 @@ class JwtConfig(Model):
     def _non_empty_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value():
             fail("must not be empty")
-        return value
-
-    @field_validator("public_key_file")
-    @classmethod
-    def _readable_file(cls, value: str | None) -> str | None:
-        # Checked at load time so a typo fails `aiogate check`, not the first request.
-        if value is not None:
-            try:
-                with open(value, "rb"):
-                    pass
-            except OSError as exc:
-                fail(f"cannot read '{value}': {exc.strerror or exc}")
-        # The content is parsed when the Runtime is built: a file that is not a PEM public key
-        # leaves the asymmetric algorithms without a key (401 `no_key`, logged), never open.
         return value
 
     @field_validator("public_key")

@@ -179,3 +179,17 @@ def _network(value: Any) -> Any:
 
 #: A CIDR (or a bare address) as written in trusted_proxies and ip_rules.
 IpNetwork = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_network)]
+
+
+def _readable_file(value: str) -> str:
+    # Checked at load time so a typo fails `aiogate check`, not the first request.
+    try:
+        with open(value, "rb"):
+            pass
+    except OSError as exc:
+        fail(f"cannot read '{value}': {exc.strerror or exc}")
+    return value
+
+
+#: A path that must name a readable file when the config is loaded (keys, CA bundles).
+ReadableFile = Annotated[str, AfterValidator(_readable_file)]

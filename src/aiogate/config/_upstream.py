@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from ._base import HTTP_TOKEN, Model, check_host, fail, string_list
+from ._base import HTTP_TOKEN, Model, ReadableFile, check_host, fail, string_list
 from ._discovery import EtcdDiscoveryConfig
 from .units import Duration
 
@@ -246,20 +246,8 @@ class UpstreamTlsConfig(Model):
     """How `https://` backends are verified (the defaults are the safe ones)."""
 
     verify: bool = True
-    ca_file: str | None = None
+    ca_file: ReadableFile | None = None
     server_name: str | None = None
-
-    @field_validator("ca_file")
-    @classmethod
-    def _readable(cls, value: str | None) -> str | None:
-        # Checked at load time so a typo fails `aiogate check`, not the first request.
-        if value is not None:
-            try:
-                with open(value, "rb"):
-                    pass
-            except OSError as exc:
-                fail(f"cannot read '{value}': {exc.strerror or exc}")
-        return value
 
 
 Strategy = Literal[
