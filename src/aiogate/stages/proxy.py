@@ -38,6 +38,7 @@ from ..upstream.forward import (
 )
 from ..upstream.pool import Backend, NoBackendAvailable, UpstreamPool
 from ..upstream.retry import IDEMPOTENT_METHODS, RetryBudget, backoff_delay
+from .wire import WireResponse
 
 __all__ = ["ClientBodyError", "Proxy", "filter_request_headers", "filter_response_headers"]
 
@@ -506,7 +507,7 @@ class Proxy:
                     response.set_status(status)
                 return response
             ctx.bytes_out = len(body)
-            return _RelayedWhole(status=status, reason=reason, headers=headers, body=body)
+            return WireResponse(status, reason, headers, body)
         return await self._stream(ctx, request, upstream, headers, status=status, reason=reason)
 
     @staticmethod

@@ -25,6 +25,7 @@ from ..config import JsonBodyTransform, PathRewrite, RouteConfig, Transformation
 from ..context import RequestContext
 from ..template import REQUEST_VARIABLES, VARIABLES, Part, Var, parse
 from . import Next
+from .wire import WireResponse
 
 __all__ = ["JsonEdit", "Template", "Transform", "compile_rewrite", "compile_template"]
 
@@ -319,15 +320,19 @@ class Transform:
     @staticmethod
     def _response_body(ctx: RequestContext, response: web.StreamResponse, edit: JsonEdit) -> None:
         # Only a whole (not yet sent) upstream body: the proxy reads bodies up to 64 KiB whole.
-        if response.prepared or not isinstance(response, web.Response) or ctx.method == "HEAD":
+        if response.prepared or ctx.method == "HEAD":
             return
-        body = response.body
-        if not isinstance(body, bytes):
+        if isinstance(response, WireResponse):
+            body = response.body
+            content_type = response.header(hdrs.CONTENT_TYPE)
+            content_encoding = response.header(hdrs.CONTENT_ENCODING)
+        elif isinstance(response, web.Response) and isinstance(response.body, bytes):
+            body = response.body
+            content_type = response.headers.get(hdrs.CONTENT_TYPE)
+            content_encoding = response.headers.get(hdrs.CONTENT_ENCODING)
+        else:
             return
-        headers = response.headers
-        if not edit.applies(
-            headers.get(hdrs.CONTENT_TYPE), headers.get(hdrs.CONTENT_ENCODING), len(body)
-        ):
+        if not edit.applies(content_type, content_encoding, len(body)):
             return
         edited = edit(body)
         if edited is not None:
