@@ -10,6 +10,7 @@ from typing import Any
 
 import aiohttp
 from backend import BackendThread
+from wire import request
 
 
 def limited_config(
@@ -60,3 +61,19 @@ def metric(admin_url: str, name: str) -> list[str]:
 
 def body(raw: bytes) -> dict[str, Any]:
     return dict(json.loads(raw))
+
+
+def obs_text_config(backends: BackendThread, **extra: Any) -> dict[str, Any]:
+    return limited_config(
+        backends,
+        {"path": "/t", "rate_limit": {"requests": 2, "window": "1h", "dimension": "header:X-T"}},
+        {"path": "/open"},
+        rate_limits=[{"dimension": "api_key", "limit": 4, "window": "1h"}],
+        **extra,
+    )  # fmt: skip
+
+
+def obs_text_statuses(gw: Any) -> list[int]:
+    """Header bytes 0xE9 (obs-text), which aiohttp decodes as lone surrogates."""
+    headers = [("X-T", "caf\xe9"), ("X-API-Key", "k\xe9y")]
+    return [request(gw.port, "GET", path, headers).status for path in ["/t"] * 3 + ["/open"] * 2]

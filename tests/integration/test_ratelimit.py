@@ -7,7 +7,16 @@ from collections.abc import Callable
 
 from backend import BackendThread
 from gateway import Gateway
-from ratelimit_support import body, burst, get, limited_config, metric
+from ratelimit_support import (
+    body,
+    burst,
+    get,
+    limited_config,
+    metric,
+    obs_text_config,
+    obs_text_statuses,
+)
+from wire import request
 
 
 def test_roadmap_validation_429_after_the_limit(
@@ -131,9 +140,12 @@ def test_user_api_key_and_tiers(
     assert statuses("/user", 5, **alice) == [200] * 4 + [429]
     # An unknown tier falls back to the route's limits.
     assert statuses("/user", 3, **{"X-API-Key": "carol-key"}) == [200, 200, 429]
-    # api_key on a public route: per presented key; without one, per client IP.
-    assert statuses("/key", 3, **{"X-API-Key": "k1"}) == [200, 200, 429]
-    assert statuses("/key", 2, **{"X-API-Key": "k2"}) == [200, 200]
+    # api_key on a public route: nobody verified the key, so it does not count: a new key per
+    # request is no new bucket. The client IP is counted instead.
+    assert statuses("/key", 3, **{"X-API-Key": "k1", "X-Forwarded-For": "10.2.0.2"}) == [
+        200, 200, 429,
+    ]  # fmt: skip
+    assert statuses("/key", 1, **{"X-API-Key": "k2", "X-Forwarded-For": "10.2.0.2"}) == [429]
     assert statuses("/key", 3, **{"X-Forwarded-For": "10.2.0.1"}) == [200, 200, 429]
     # user on a public route: no consumer, so the client IP is counted.
     assert statuses("/public-user", 2, **{"X-Forwarded-For": "10.3.0.1"}) == [200, 429]
@@ -195,3 +207,13 @@ def test_workers_without_redis_each_take_their_share(
     # New connections spread over both workers (SO_REUSEPORT): together they admit 20.
     statuses = asyncio.run(burst([f"{gw.url}/w"], 80, fresh=True))
     assert Counter(statuses)[200] == 19  # plus the one above
+
+
+def test_obs_text_header_values_are_limited_never_a_500(
+    backends: BackendThread, make_gateway: Callable[..., Gateway]
+) -> None:
+    gw = make_gateway(obs_text_config(backends))
+    # /t: 2 for the header value. The global api_key limit of 4 counts the client IP (the key
+    # is unverified) over both routes; the third /t, refused by the route limit, charges none.
+    assert obs_text_statuses(gw) == [200, 200, 429, 200, 200]
+    assert request(gw.port, "GET", "/open", [("X-API-Key", "k\xe9y")]).status == 429

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -10,7 +11,15 @@ from collections.abc import Callable
 import redis
 from backend import BackendThread
 from gateway import Gateway, wait_until
-from ratelimit_support import burst, get, limited_config, metric
+from ratelimit_support import (
+    burst,
+    get,
+    limited_config,
+    metric,
+    obs_text_config,
+    obs_text_statuses,
+)
+from wire import request
 
 from redis_server import RedisServer
 
@@ -102,3 +111,21 @@ def test_redis_down_at_start_is_a_degraded_start(
     gw = make_gateway(redis_config(backends, redis_server, limit=2))
     assert [get(f"{gw.url}/r")[0] for _ in range(3)] == [200, 200, 429]
     gw.wait_event("ratelimit_backend_degraded")
+
+
+def test_obs_text_header_values_are_limited_in_redis_never_a_500(
+    backends: BackendThread, make_gateway: Callable[..., Gateway], redis_server: RedisServer
+) -> None:
+    config = obs_text_config(backends, redis={"url": redis_server.url})
+    config["rate_limiting"] = {"timeout": "2s"}  # judged by Redis, not by a slow-call fallback
+    gw = make_gateway(config)
+    # The same outcome as with local buckets (test_ratelimit.py), judged by Redis this time.
+    assert obs_text_statuses(gw) == [200, 200, 429, 200, 200]
+    assert request(gw.port, "GET", "/open", [("X-API-Key", "k\xe9y")]).status == 429
+    assert gw.events("ratelimit_backend_degraded") == []
+    digest = hashlib.blake2b(b"caf\xe9", digest_size=16).hexdigest()
+    keys = sorted(redis.Redis.from_url(redis_server.url).keys("aiogate:rl:*"))
+    assert keys == [
+        b"aiogate:rl:global.0:ip:127.0.0.1",
+        f"aiogate:rl:route./t.0:h:#{digest}".encode(),
+    ]

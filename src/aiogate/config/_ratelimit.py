@@ -84,6 +84,8 @@ class RateLimitingConfig(Model):
     #: After a Redis failure, Redis is not called for `backoff` (doubling up to `max_backoff`).
     backoff: Annotated[Duration, Field(gt=0)] = 1.0
     max_backoff: Annotated[Duration, Field(gt=0)] = 30.0
+    #: Buckets one limit keeps in a process's memory; past it the idlest are dropped early.
+    local_max_buckets: Annotated[int, Field(ge=100)] = 100_000
 
     @field_validator("timeout")
     @classmethod

@@ -50,7 +50,7 @@ class Limit:
         #: What one process may admit when it judges alone (N / workers without Redis).
         self.local_limit = local_limit
         self.window = window
-        #: The dimension value of a request (with the documented fallback applied).
+        #: The dimension value of a request: fallback applied, normalised (plan.bucket_key).
         self.value = value
         #: Redis key prefix: `aiogate:rl:<id>:`.
         self.prefix = f"aiogate:rl:{id}:"

@@ -6,6 +6,13 @@ sweep: a store keeps a `current` and an `old` dict and, at most once per `interv
 only when a new bucket is made), the current one becomes old and the old one is dropped. A
 dropped bucket was idle for at least `interval` >= the time it takes to become whole again, so
 dropping it changes no decision.
+
+Memory is bounded whatever clients send: a store holds at most `max_buckets` buckets (both
+generations together). When the current generation reaches half of that, the generations swap
+early: the buckets not used since the last swap are dropped even though they may not be whole
+yet, so their clients start again with a full bucket (the limit errs towards admitting; a
+bucket used at least once per `max_buckets / 2` new buckets survives a flood of new values).
+Values come normalised (short, hashed when long) from `plan.dimension_value`.
 """
 
 from __future__ import annotations
@@ -16,7 +23,11 @@ from collections.abc import Callable, Sequence
 from .base import Limit, Verdict, pick
 from .bucket import TOKEN_BUCKET, consume, judge, report
 
-__all__ = ["LocalLimiter", "Store", "StoreRegistry"]
+__all__ = ["DEFAULT_MAX_BUCKETS", "LocalLimiter", "Store", "StoreRegistry"]
+
+#: Buckets one limit keeps per process (`rate_limiting.local_max_buckets`): a bucket with its
+#: key is about 300 bytes, so 100 000 is about 30 MB at most per limit.
+DEFAULT_MAX_BUCKETS = 100_000
 
 
 class _Bucket:
@@ -31,10 +42,11 @@ class _Bucket:
 class Store:
     """The buckets of one limit, keyed by dimension value."""
 
-    __slots__ = ("_current", "_old", "_rotate_at", "interval")
+    __slots__ = ("_current", "_old", "_rotate_at", "interval", "max_buckets")
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, max_buckets: int = DEFAULT_MAX_BUCKETS) -> None:
         self.interval = interval
+        self.max_buckets = max_buckets
         self._current: dict[str, _Bucket] = {}
         self._old: dict[str, _Bucket] = {}
         self._rotate_at = 0.0
@@ -48,7 +60,16 @@ class Store:
         return bucket
 
     def put(self, key: str, bucket: _Bucket, now: float) -> None:
-        if now >= self._rotate_at:
+        # Full: swap now rather than grow (a flood of distinct values must not grow memory).
+        # A generation takes half the cap, so under a flood of new values a bucket used once
+        # per half-cap new buckets survives; the total is checked too, as `get` moves buckets
+        # into `current`.
+        size = len(self._current)
+        if (
+            now >= self._rotate_at
+            or 2 * size >= self.max_buckets
+            or size + len(self._old) >= self.max_buckets
+        ):
             self._old = self._current
             self._current = {}
             self._rotate_at = now + self.interval
@@ -65,13 +86,23 @@ class StoreRegistry:
         self._stores: dict[tuple[str, str, int, float], Store] = {}
         self._pending: dict[tuple[str, str, int, float], Store] = {}
 
-    def store(self, id: str, algorithm: str, limit: int, window: float) -> Store:
+    def store(
+        self,
+        id: str,
+        algorithm: str,
+        limit: int,
+        window: float,
+        max_buckets: int = DEFAULT_MAX_BUCKETS,
+    ) -> Store:
         key = (id, algorithm, limit, window)
         store = self._pending.get(key)
         if store is None:
             store = self._stores.get(key)
         if store is None:
-            store = Store(max(2.0 * window, 1.0))
+            store = Store(max(2.0 * window, 1.0), max_buckets)
+        else:
+            # An adopted store takes the new cap (a lower one applies at its next new bucket).
+            store.max_buckets = max_buckets
         self._pending[key] = store
         return store
 

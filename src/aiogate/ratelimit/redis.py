@@ -31,14 +31,12 @@ __all__ = ["SCRIPT", "RedisLimiter"]
 
 SCRIPT: Final = resources.files(__package__).joinpath("token_bucket.lua").read_text()
 _SHA: Final = hashlib.sha1(SCRIPT.encode()).hexdigest()
-_MAX_VALUE: Final = 64
+# What a Redis call may raise when Redis (or the way to it) fails: trips the breaker.
 _FAILURES: Final = (RedisError, OSError, TimeoutError)
 
 
 def redis_key(limit: Limit, value: str) -> str:
-    """`aiogate:rl:<limit id>:<value>`; long values are hashed (a key stays small and bounded)."""
-    if len(value) > _MAX_VALUE:
-        value = "#" + hashlib.blake2b(value.encode(), digest_size=16).hexdigest()
+    """`aiogate:rl:<limit id>:<value>`: values come normalised (short ASCII) from the plan."""
     return limit.prefix + value
 
 
@@ -89,6 +87,11 @@ class RedisLimiter:
             reply = await self._call(limits, values)
         except _FAILURES as exc:
             self._failed(exc, probe)
+            return self._fallback.acquire_now(limits, values)
+        except ValueError:
+            # Something in this one request Redis cannot take (an unencodable value, say,
+            # from a caller that did not normalise it): a fault of the request, not of Redis,
+            # so it is judged locally without tripping the breaker. The limiter never raises.
             return self._fallback.acquire_now(limits, values)
         finally:
             if probe:

@@ -8,8 +8,9 @@ feeds each verdict to the backend's state, which flips health only after `health
   when the status is in `expected_statuses` (default: any 2xx/3xx);
 - `tcp`: a connect;
 - `script`: `command` run without a shell (`{host}`, `{port}`, `{url}` in arguments are
-  replaced, and AIOGATE_BACKEND_* set in its environment), exit 0 = healthy, killed at
-  `timeout`; its output goes to the log.
+  replaced, and AIOGATE_BACKEND_* set in its environment), exit 0 = healthy; it runs in a
+  process group of its own, killed whole at `timeout`, on cancel and once the script exits;
+  the first 2 KiB of its output go to the log (the rest is read and dropped).
 
 After a reload, the old Runtime's task keeps running until that Runtime is closed, but only the
 task of the Runtime that owns a backend's state (`check_owner`) records verdicts.
@@ -21,16 +22,18 @@ import asyncio
 import contextlib
 import os
 import random
-from collections.abc import Sequence
+import signal
+from collections.abc import Mapping, Sequence
 
 from .. import log
 from ..config import HealthCheckConfig
 from .forward import ConnectionPool, UpstreamError
 from .pool import Backend, UpstreamPool
 
-__all__ = ["HealthChecker"]
+__all__ = ["HealthChecker", "run_script"]
 
 _OUTPUT_LIMIT = 2048
+_REAP_WAIT = 1.0
 _USER_AGENT = "aiogate-health-check"
 
 
@@ -164,31 +167,12 @@ class HealthChecker:
             AIOGATE_UPSTREAM=self._pool.name,
         )
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=env,
-                start_new_session=True,
-            )
+            code, output = await run_script(argv, env, config.timeout)
         except OSError as exc:
             return False, f"script: cannot run {argv[0]!r}: {exc.strerror or exc}"
-        try:
-            async with asyncio.timeout(config.timeout):
-                output, _ = await proc.communicate()
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+        if code is None:
             return False, f"script: killed after {config.timeout:g}s"
-        except asyncio.CancelledError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise
-        text = output[:_OUTPUT_LIMIT].decode(errors="replace").strip()
-        code = proc.returncode
+        text = output.decode(errors="replace").strip()
         logger = log.get_logger("aiogate.health")
         (logger.debug if code == 0 else logger.info)(
             log.HEALTH_CHECK_OUTPUT,
@@ -198,6 +182,70 @@ class HealthChecker:
             output=text,
         )
         return code == 0, f"script exit {code}"
+
+
+async def run_script(
+    argv: Sequence[str], env: Mapping[str, str], seconds: float
+) -> tuple[int | None, bytes]:
+    """Run a check script: (exit code, or None when killed after `seconds`; its first output).
+
+    The script runs in a session (a process group) of its own, and the whole group is killed:
+    after `seconds`, when the check is cancelled, and once the script has exited (whatever it
+    left running would otherwise hold the output pipe open, and live on after every check).
+    Only the first `_OUTPUT_LIMIT` bytes of output are kept; the rest is read and dropped, so
+    a chatty script costs no memory. Raises OSError when the script cannot be started.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    reader = asyncio.create_task(_read_capped(proc.stdout, _OUTPUT_LIMIT))
+    try:
+        async with asyncio.timeout(seconds):
+            code = await proc.wait()
+            _kill_group(proc.pid)
+            return code, await reader
+    except TimeoutError:
+        await _kill(proc)
+        return None, b""
+    except asyncio.CancelledError:
+        await _kill(proc)
+        raise
+    finally:
+        if not reader.done():
+            reader.cancel()
+        # Awaited, not left behind; its own cancellation (or a pipe error) is of no interest.
+        with contextlib.suppress(asyncio.CancelledError, OSError):
+            await reader
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    _kill_group(proc.pid)
+    # Bounded: a process that left the group (setsid) and holds the pipe would keep asyncio's
+    # wait() from returning; the child itself is reaped by the child watcher all the same.
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(_REAP_WAIT):
+            await proc.wait()
+
+
+async def _read_capped(stream: asyncio.StreamReader, limit: int) -> bytes:
+    kept = bytearray()
+    while chunk := await stream.read(65536):
+        if len(kept) < limit:
+            kept += chunk[: limit - len(kept)]
+    return bytes(kept)
+
+
+def _kill_group(pgid: int) -> None:
+    # The script is its session's leader, so its pid is the group id. While the group has a
+    # member the id cannot be reused; once it has none this is ESRCH.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _expand(arg: str, values: dict[str, str]) -> str:

@@ -62,6 +62,9 @@ class FakeRedis:
         if self.mode == "noscript":
             self.mode = "ok"
             raise NoScriptError("NOSCRIPT No matching script")
+        for arg in args:  # as redis-py's Encoder: str -> UTF-8, strictly
+            if isinstance(arg, str):
+                arg.encode("utf-8")
         return list(self.reply)
 
 
@@ -153,6 +156,23 @@ async def test_noscript_reloads_the_script_once_and_retries(events: Events) -> N
     assert (fake.script_loads, fake.evalsha_calls) == (2, 2)
     assert limiter.up is True
     assert events.names() == []
+
+
+async def test_a_value_redis_cannot_take_is_judged_locally_without_tripping(
+    events: Events,
+) -> None:
+    fake, clock = FakeRedis(), FakeClock(100.0)
+    limiter, _ = build(fake, clock)
+    await limiter.start()
+    # A lone surrogate (an obs-text header byte as aiohttp decodes it) that reached the
+    # limiter unnormalised: redis-py cannot encode it. The limiter must still never raise.
+    verdict = await limiter.acquire([LIMIT], ["h:caf\udce9"])
+    assert (verdict.admitted, verdict.remaining, verdict.limit) == (True, 2, 3)  # local
+    # The request's fault, not Redis's: no breaker, the next request goes to Redis.
+    assert limiter.up is True
+    assert events.names() == []
+    assert (await limiter.acquire([LIMIT], ["1.2.3.4"])).remaining == 7
+    assert fake.evalsha_calls == 2
 
 
 async def test_a_timeout_falls_back_to_the_local_bucket_at_once(events: Events) -> None:

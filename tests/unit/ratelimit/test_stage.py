@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import REGISTRY
 from rl_helpers import FakeClock, make_limit
 
@@ -45,7 +46,10 @@ def logged(path: Path, event: str) -> list[dict[str, Any]]:
 
 
 def context(headers: dict[str, str] | None = None, **fields: Any) -> RequestContext:
-    request = make_mocked_request("GET", "/r/x", headers=headers or {})
+    request = make_mocked_request("GET", "/r/x")
+    # As aiohttp's parser makes them: obs-text bytes decoded with surrogateescape, which
+    # make_mocked_request (it encodes its headers strictly) cannot take.
+    request._headers = CIMultiDictProxy(CIMultiDict(headers or {}))
     return RequestContext(
         request=request,
         request_id="rid-1",
@@ -255,8 +259,12 @@ async def test_policy_quota_is_the_local_share_without_a_shared_store() -> None:
 
 def _dimension_limit(dimension: str) -> Limit:
     limit = make_limit(id=f"dim.{dimension}", limit=5, window=60.0, dimension=dimension)
-    limit.value = dimension_value(dimension, "/d", "X-API-Key")
+    limit.value = dimension_value(dimension, "/d")
     return limit
+
+
+def _hashed(prefix: str, raw: bytes) -> str:
+    return prefix + "#" + hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
 @pytest.mark.parametrize(
@@ -272,8 +280,18 @@ def _dimension_limit(dimension: str) -> Limit:
         ("header:X-Tenant", {"X-Tenant": "acme"}, {}, "h:acme"),
         ("api_key", {}, {}, f"ip:{IP}"),
         ("api_key", {}, {"api_key_id": "abc123"}, "k:abc123"),
-        ("api_key", {"X-API-Key": "sekrit"}, {},
-         "k:" + hashlib.sha256(b"sekrit").hexdigest()),  # unverified key: hashed, never raw
+        # An unverified key is whatever the client sends: it does not count, the IP does.
+        ("api_key", {"X-API-Key": "sekrit"}, {}, f"ip:{IP}"),
+        ("api_key", {"X-API-Key": "sekrit"}, {"api_key_id": "abc123"}, "k:abc123"),
+        # aiohttp decodes an obs-text byte 0xE9 as "\udce9": hashed from the bytes that came.
+        ("header:X-Tenant", {"X-Tenant": "caf\udce9"}, {}, _hashed("h:", b"caf\xe9")),
+        ("header:X-Tenant", {"X-Tenant": "café"}, {}, _hashed("h:", "café".encode())),
+        ("header:X-Tenant", {"X-Tenant": "t" * 64}, {}, "h:" + "t" * 64),
+        ("header:X-Tenant", {"X-Tenant": "t" * 65}, {}, _hashed("h:", b"t" * 65)),
+        # A plain value never poses as a hashed one.
+        ("header:X-Tenant", {"X-Tenant": "#abc"}, {}, _hashed("h:", b"#abc")),
+        ("user", {}, {"consumer": "\ud800x"},
+         _hashed("u:", "\ud800x".encode("utf-8", "surrogatepass"))),
     ],
 )  # fmt: skip
 async def test_dimension_values_and_missing_value_fallback(
