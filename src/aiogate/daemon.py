@@ -57,6 +57,8 @@ class Daemon:
         self._holder: RuntimeHolder | None = None
         self._reloader: Reloader | None = None
         self._tasks: set[asyncio.Task[object]] = set()
+        #: Reloads asked of this process so far; a worker tags its outcome with it.
+        self._reloads = 0
         #: Backends from etcd; idle (no tasks) unless an upstream has `discovery:`.
         self._discovery = Discovery()
         # `reload.watch`: the process owning the config watches it; a worker never does.
@@ -80,11 +82,24 @@ class Daemon:
 
     async def reload(self) -> ReloadOutcome:
         assert self._reloader is not None
-        sdnotify.reloading()
+        self._reloads += 1
+        number = self._reloads
+        if not self._draining:
+            sdnotify.reloading()
+        outcome: ReloadOutcome | None = None
         try:
             outcome = await self._reloader.reload()
         finally:
-            sdnotify.ready()
+            # Never READY=1 after STOPPING=1: a reload that ends during shutdown stays quiet.
+            if not self._draining:
+                if self._worker:
+                    # The supervisor answers POST /admin/reload from every worker's outcome.
+                    errors = ("the reload did not finish",) if outcome is None else outcome.errors
+                    applied = outcome is not None and outcome.applied
+                    sdnotify.ready(sdnotify.reload_status(os.getpid(), number, applied, errors))
+                else:
+                    sdnotify.ready()
+        assert outcome is not None  # the reload returned: it did not raise
         if self._watcher is not None:  # the new config may switch watching on or off
             await self._watcher.sync()
         return outcome
@@ -138,11 +153,10 @@ class Daemon:
         if self._watcher is not None:
             await self._watcher.sync()
         await self._stop.wait()
-        if self._watcher is not None:
-            await self._watcher.close()
-
         # Graceful shutdown: stop accepting, report not-ready, let in-flight requests finish.
         self._draining = True
+        if self._watcher is not None:
+            await self._watcher.close()
         sdnotify.stopping()
         timeout = holder.current.config.server.shutdown_timeout
         logger.info(log.SHUTDOWN_STARTED, in_flight=holder.current.in_flight, timeout=timeout)
@@ -150,11 +164,14 @@ class Daemon:
         low_level.pre_shutdown()
         await _shutdown_within(low_level, timeout)
         await self._discovery.close()
-        await self._reloader.close()
-        await holder.current.close()
+        # SIGHUP reloads in flight are cancelled (a half-started Runtime closes itself), and
+        # the Reloader refuses any later one, before the current Runtime is closed: a reload
+        # finishing after that would swap in a Runtime nobody closes.
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._reloader.close()
+        await holder.current.close()
         if admin_runner is not None:
             await admin_runner.cleanup()
         logger.info(log.SHUTDOWN_COMPLETE)

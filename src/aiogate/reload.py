@@ -73,13 +73,22 @@ class Reloader:
         # Workers of a supervisor do not count: the parent counts each reload once.
         self._count = count_reloads
         self._lock = asyncio.Lock()
+        #: Set by `close()` under the lock: no Runtime is started after shutdown began, so
+        #: none can be left running that nobody closes.
+        self._closed = False
         self._draining: set[asyncio.Task[None]] = set()
         #: The running config as read from the file, before any overlay.
         self.base: GatewayConfig = holder.current.config
         self.overlay: ConfigOverlay | None = None
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def reload(self) -> ReloadOutcome:
         async with self._lock:
+            if self._closed:
+                return self._shutting_down()
             return await self._reload()
 
     async def _reload(self) -> ReloadOutcome:
@@ -96,6 +105,8 @@ class Reloader:
         if isinstance(new, str):
             return self._rejected(old, (new,))
         self._holder.current = new
+        # Before any await: a cancellation from here on must not leave `old` unretired.
+        self._retire_later(old)
         self.base = loaded
         if self.overlay is not None:
             self.overlay.applied(loaded)
@@ -118,9 +129,6 @@ class Reloader:
         )
         if pending:
             logger.warning(log.CONFIG_RESTART_REQUIRED, keys=pending)
-        task = asyncio.create_task(self._retire(old), name=f"retire-runtime-{old.generation}")
-        self._draining.add(task)
-        task.add_done_callback(self._draining.discard)
         return ReloadOutcome(True, new.generation)
 
     async def _start_runtime(self, old: Runtime, config: GatewayConfig) -> Runtime | str:
@@ -131,12 +139,20 @@ class Reloader:
             return f"{self._path}: {exc}"
         try:
             await new.start()
-        except Exception as exc:
-            # Undo what starting did: its tasks and sockets go, and the running Runtime's
-            # health checks are the ones that record verdicts again.
+        except BaseException as exc:
+            # Undo what starting did, on a cancellation too (shutdown): its tasks, threads and
+            # sockets go. The backend state went live only if `start` got to its very end;
+            # then the running Runtime's registry takes it back.
             with contextlib.suppress(Exception):
                 await new.close()
-            old.upstream_states.own(old.generation)
+            if new.upstream_states.committed:
+                old.upstream_states.commit(
+                    old.generation,
+                    asyncio.get_running_loop().time(),
+                    replacing=new.upstream_states,
+                )
+            if not isinstance(exc, Exception):
+                raise
             return f"{self._path}: {exc}"
         return new
 
@@ -149,6 +165,8 @@ class Reloader:
         """
         async with self._lock:
             old = self._holder.current
+            if self._closed:
+                return self._shutting_down()
             config = self.overlay.apply(self.base) if self.overlay is not None else self.base
             if config == old.config:
                 return ReloadOutcome(True, old.generation)
@@ -158,6 +176,7 @@ class Reloader:
                 logger.error(log.DISCOVERY_APPLY_FAILED, reason=reason, error=new, pid=os.getpid())
                 return ReloadOutcome(False, old.generation, (new,))
             self._holder.current = new
+            self._retire_later(old)
             logger.info(
                 log.DISCOVERY_APPLIED,
                 reason=reason,
@@ -165,10 +184,17 @@ class Reloader:
                 generation=new.generation,
                 changes=diff_summary(old.config, config),
             )
-            task = asyncio.create_task(self._retire(old), name=f"retire-runtime-{old.generation}")
-            self._draining.add(task)
-            task.add_done_callback(self._draining.discard)
             return ReloadOutcome(True, new.generation)
+
+    def _shutting_down(self) -> ReloadOutcome:
+        return ReloadOutcome(
+            False, self._holder.current.generation, ("the gateway is shutting down",)
+        )
+
+    def _retire_later(self, old: Runtime) -> None:
+        task = asyncio.create_task(self._retire(old), name=f"retire-runtime-{old.generation}")
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
 
     def _rejected(self, current: Runtime, errors: tuple[str, ...]) -> ReloadOutcome:
         if self._count:
@@ -192,6 +218,13 @@ class Reloader:
         await old.close()
 
     async def close(self) -> None:
-        """Wait for replaced Runtimes to drain (called at shutdown)."""
+        """Stop reloading for good, then wait for replaced Runtimes to drain (at shutdown).
+
+        Taking the lock waits for a reload in progress (one from the admin API, say): the
+        Runtime it swaps in is the current one the daemon closes next. Any reload after this
+        is answered "shutting down" without building anything.
+        """
+        async with self._lock:
+            self._closed = True
         if self._draining:
             await asyncio.gather(*self._draining, return_exceptions=True)

@@ -10,8 +10,23 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Sequence
+from typing import NamedTuple
 
-__all__ = ["notify", "ready", "reloading", "status", "stopping"]
+__all__ = [
+    "ReloadReport",
+    "notify",
+    "parse_reload_status",
+    "ready",
+    "reload_status",
+    "reloading",
+    "status",
+    "stopping",
+]
+
+_RELOAD_PREFIX = "reload:"
+#: A worker's reasons are cut to this much: a datagram has to carry them.
+_REASON_LIMIT = 8192
 
 
 def notify(message: str, *, env: dict[str, str] | None = None) -> bool:
@@ -29,8 +44,43 @@ def notify(message: str, *, env: dict[str, str] | None = None) -> bool:
     return True
 
 
-def ready() -> bool:
-    return notify("READY=1\nSTATUS=serving")
+def ready(status: str = "serving") -> bool:
+    return notify(f"READY=1\nSTATUS={status}")
+
+
+class ReloadReport(NamedTuple):
+    """A worker's answer to one reload: `number` counts the reloads that worker was asked for."""
+
+    pid: int
+    number: int
+    applied: bool
+    reason: str
+
+
+def reload_status(pid: int, number: int, applied: bool, errors: Sequence[str] = ()) -> str:
+    """The STATUS text a worker sends with READY=1 after a reload: `reload:<pid>:<n>:ok` or
+    `reload:<pid>:<n>:rejected:<errors, one line>`."""
+    if applied:
+        return f"{_RELOAD_PREFIX}{pid}:{number}:ok"
+    reason = " | ".join(" ".join(e.split()) for e in errors)[:_REASON_LIMIT]
+    return f"{_RELOAD_PREFIX}{pid}:{number}:rejected:{reason}"
+
+
+def parse_reload_status(message: str) -> ReloadReport | None:
+    """The reload outcome in a notify datagram, if it carries one."""
+    for line in message.splitlines():
+        key, _, value = line.partition("=")
+        if key != "STATUS" or not value.startswith(_RELOAD_PREFIX):
+            continue
+        parts = value[len(_RELOAD_PREFIX) :].split(":", 3)
+        try:
+            pid, number = int(parts[0]), int(parts[1])
+        except (IndexError, ValueError):
+            return None
+        verdict = parts[2] if len(parts) > 2 else ""
+        reason = parts[3] if len(parts) > 3 else ""
+        return ReloadReport(pid, number, verdict == "ok", reason or verdict)
+    return None
 
 
 def reloading() -> bool:

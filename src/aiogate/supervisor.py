@@ -10,6 +10,7 @@ multiprocess mode), forwards SIGHUP/SIGTERM, and restarts a worker that dies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -53,6 +54,9 @@ class Supervisor:
         self._workers: dict[int, asyncio.subprocess.Process] = {}
         self._ready_signals = 0
         self._ready_event = asyncio.Event()
+        #: Each worker's latest reload outcome (by pid), and a wake-up for whoever waits on one.
+        self._reports: dict[int, sdnotify.ReloadReport] = {}
+        self._progress = asyncio.Event()
         self._started = False
         self._stop = asyncio.Event()
         self._generation = 1
@@ -63,6 +67,7 @@ class Supervisor:
         # restarted after the file was edited (or rejected) must not crash-loop on it, nor
         # serve a config its siblings do not.
         self._accepted = self._dir / "accepted.yaml"
+        self._accepted_text = b""
         # `reload.watch`: the parent watches and reloads; its workers follow by SIGHUP.
         self._watcher = ConfigWatcher(config_path, self.reload, lambda: self._config.reload)
 
@@ -83,11 +88,14 @@ class Supervisor:
 
     async def reload(self) -> ReloadOutcome:
         async with self._lock:
+            if self.draining:
+                return ReloadOutcome(False, self._generation, ("the gateway is shutting down",))
             sdnotify.reloading()
             try:
                 outcome = await self._reload()
             finally:
-                sdnotify.ready()
+                if not self.draining:  # never READY=1 after STOPPING=1
+                    sdnotify.ready()
         await self._watcher.sync()  # the new config may switch watching on or off
         return outcome
 
@@ -101,21 +109,73 @@ class Supervisor:
                 log.CONFIG_REJECTED, path=str(self._path), errors=list(errors)
             )
             return ReloadOutcome(False, self._generation, errors)
+        # A config can validate here and still fail to build in the workers (a CA file that is
+        # no PEM bundle, say). The workers read the copy, so it holds the candidate while they
+        # reload; it is put back unless every one of them applied it, so that a worker
+        # restarted later never loads a config its siblings rejected.
+        previous = self._accepted_text
+        await asyncio.to_thread(self._write_copy, text)
+        applied, reasons = await self._ask_workers(list(self._workers.values()))
+        if reasons:
+            await asyncio.to_thread(self._write_copy, previous)
+            if applied:  # back to the config their siblings still serve
+                _, failed = await self._ask_workers(applied)
+                if failed:
+                    log.get_logger("aiogate.supervisor").error(
+                        log.WORKER_ROLLBACK_FAILED, errors=failed
+                    )
+            CONFIG_RELOADS.labels("rejected").inc()
+            log.get_logger("aiogate.reload").error(
+                log.CONFIG_REJECTED, path=str(self._path), errors=reasons
+            )
+            return ReloadOutcome(False, self._generation, tuple(reasons))
         self._config = config
         self._generation += 1
         CONFIG_RELOADS.labels("applied").inc()
-        await asyncio.to_thread(self._accept, text)
+        self._accepted_text = text
+        config_loaded(text)
         configure_logging(config)
-        # Workers re-read the file themselves; wait until each says READY again.
-        self._ready_signals = 0
-        self._ready_event.clear()
-        for process in self._workers.values():
-            process.send_signal(signal.SIGHUP)
-        try:
-            await asyncio.wait_for(self._ready_event.wait(), _RELOAD_WAIT)
-        except TimeoutError:
-            log.get_logger("aiogate.supervisor").warning(log.WORKER_RELOAD_SLOW)
         return ReloadOutcome(True, self._generation)
+
+    async def _ask_workers(
+        self, processes: list[asyncio.subprocess.Process]
+    ) -> tuple[list[asyncio.subprocess.Process], list[str]]:
+        """SIGHUP `processes`, wait for each one's outcome: (those that applied, the reasons of
+        those that did not). A worker that does not answer within `_RELOAD_WAIT` is in
+        neither (it is still reloading: nothing says it will reject)."""
+        baseline = {p.pid: self._reports[p.pid].number for p in processes if p.pid in self._reports}
+        waiting = []
+        for process in processes:
+            if process.returncode is None:
+                process.send_signal(signal.SIGHUP)
+                waiting.append(process)
+        applied: list[asyncio.subprocess.Process] = []
+        reasons: list[str] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _RELOAD_WAIT
+        while True:
+            self._progress.clear()
+            for process in list(waiting):
+                report = self._reports.get(process.pid)
+                if report is not None and report.number > baseline.get(process.pid, 0):
+                    waiting.remove(process)
+                    if report.applied:
+                        applied.append(process)
+                    else:
+                        reasons.append(f"worker {process.pid}: {report.reason}")
+                elif process.returncode is not None:
+                    waiting.remove(process)
+                    reasons.append(f"worker {process.pid} exited (code {process.returncode})")
+            remaining = deadline - loop.time()
+            if not waiting:
+                return applied, reasons
+            if remaining <= 0:
+                log.get_logger("aiogate.supervisor").warning(
+                    log.WORKER_RELOAD_SLOW, workers=[p.pid for p in waiting]
+                )
+                return applied, reasons
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), remaining)
 
     def _load_stable(self) -> tuple[GatewayConfig, bytes]:
         """Validate the file and return the exact bytes that were validated."""
@@ -128,12 +188,20 @@ class Supervisor:
 
     def _accept(self, text: bytes) -> None:
         config_loaded(text)
+        self._accepted_text = text
+        self._write_copy(text)
+
+    def _write_copy(self, text: bytes) -> None:
         staging = self._accepted.with_suffix(".tmp")
         staging.write_bytes(text)
         staging.replace(self._accepted)
 
     # -- worker messages -------------------------------------------------------------------
     def on_worker_message(self, message: str) -> None:
+        report = sdnotify.parse_reload_status(message)
+        if report is not None:
+            self._reports[report.pid] = report
+            self._progress.set()
         if "READY=1" in message.splitlines():
             self._ready_signals += 1
             if self._ready_signals >= len(self._workers):
@@ -230,6 +298,8 @@ class Supervisor:
             self._workers[index] = process
             logger.info(log.WORKER_STARTED, worker=index, pid=process.pid)
             code = await process.wait()
+            self._reports.pop(process.pid, None)
+            self._progress.set()  # a reload waiting for its answer stops waiting
             if self._stop.is_set():  # SIGTERM arrived while this worker ran
                 return
             del self._workers[index]

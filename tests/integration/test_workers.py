@@ -23,6 +23,7 @@ from lifecycle_support import (
     metrics_text,
     pid_alive,
 )
+from wire import request
 
 
 def worker_pids(gw: Gateway) -> dict[int, int]:
@@ -188,3 +189,56 @@ def test_sigterm_stops_every_worker(
 
 def refused_or_closed(gw: Gateway) -> bool:
     return http_status(f"{gw.url}/api/users", timeout=1) is None
+
+
+def test_admin_reload_is_rejected_when_the_workers_cannot_build_it(
+    backends: BackendThread, tmp_path: Path, make_gateway: Callable[..., Gateway]
+) -> None:
+    """A file the parent validates but the workers cannot build (a CA file that is readable
+    but no PEM bundle: only building the upstream's TLS context finds out) is rejected: the
+    answer says so, every worker keeps the old config, and so does a worker restarted later."""
+    token = "workers-admin-token"
+    config = basic_config(backends, server={"workers": 2}, admin={"token": token})
+    gw = make_gateway(config)
+    wait_until(lambda: len(serving_pids(gw)) == 2, 10, "both workers serving")
+    bad_ca = tmp_path / "not-a-ca.pem"
+    bad_ca.write_text("this is not a certificate\n")
+    gw.write(
+        {
+            **gw.config,
+            "upstreams": [
+                *gw.config["upstreams"],
+                {
+                    "name": "tls-service",
+                    "backends": [{"url": "https://127.0.0.1:9"}],
+                    "tls": {"ca_file": str(bad_ca)},
+                },
+            ],
+            "routes": [*gw.config["routes"], {"path": "/tls", "upstream": "tls-service"}],
+        }
+    )
+    reply = request(gw.admin_port, "POST", "/admin/reload", [("Authorization", f"Bearer {token}")])
+    assert reply.status >= 400, reply.body
+    body = reply.json()
+    assert body["status"] == "rejected"
+    pids = set(worker_pids(gw).values())
+    assert len(body["errors"]) == 2
+    assert {int(e.split(":")[0].split()[1]) for e in body["errors"]} == pids  # "worker <pid>: …"
+    assert all("no certificate" in e for e in body["errors"])  # the workers' own reasons
+    # the workers' own lines and the parent's, which carries both reasons
+    rejected = gw.wait_event("config_rejected", 3)
+    assert gw.events("config_reloaded") == []
+    assert sorted(len(e["errors"]) for e in rejected) == [1, 1, 2]
+    # every worker still serves the old config, whichever takes the connection
+    assert all(http_status(f"{gw.url}/tls") == 404 for _ in range(10))
+    assert all(get_fresh_connection(f"{gw.url}/api/users") == 200 for _ in range(10))
+    text = metrics_text(gw)
+    assert dict(metric_values(text, "aiogate_config_reloads_total")) == {'result="rejected"': 1.0}
+    # the accepted copy did not advance: a restarted worker loads the config its sibling runs
+    victim = worker_pids(gw)[0]
+    started = len(gw.events("worker_started"))
+    os.kill(victim, signal.SIGKILL)
+    gw.wait_event("worker_started", started + 1)
+    replacement = worker_pids(gw)[0]
+    wait_until(lambda: replacement in serving_pids(gw), 10, "replacement serving")
+    assert all(http_status(f"{gw.url}/tls") == 404 for _ in range(10))

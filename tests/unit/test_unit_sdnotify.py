@@ -83,3 +83,14 @@ def test_the_helpers_use_the_environment(
 
     assert sdnotify.status("draining 3 requests")
     assert sock.recv(4096) == b"STATUS=draining 3 requests"
+
+
+def test_a_workers_reload_outcome_round_trips() -> None:
+    ok = sdnotify.reload_status(41, 3, True)
+    assert ok == "reload:41:3:ok"
+    assert sdnotify.parse_reload_status(f"READY=1\nSTATUS={ok}") == (41, 3, True, "ok")
+    rejected = sdnotify.reload_status(41, 4, False, ["a.yaml: bad\nPEM: x", "second"])
+    report = sdnotify.parse_reload_status(f"READY=1\nSTATUS={rejected}")
+    assert report == (41, 4, False, "a.yaml: bad PEM: x | second")  # one line, colons kept
+    assert sdnotify.parse_reload_status("READY=1\nSTATUS=serving") is None
+    assert sdnotify.parse_reload_status("STATUS=reload:x:1:ok") is None

@@ -105,6 +105,7 @@ class UpstreamPool:
             from ..config import CircuitBreakerConfig
 
             registry.adopt([config], CircuitBreakerConfig(), None, now)
+            registry.commit(0, now)
         self._state: UpstreamState = registry.upstreams[config.name]
         context = _ssl_context(config.tls) if any(
             b.scheme == "https" for b in config.backends

@@ -5,6 +5,12 @@ forgotten (a reload must not send traffic to a backend known to be down). So the
 backend lives in a `StateRegistry` keyed by (upstream, backend URL): the new Runtime adopts the
 old registry's entries for backends still in its config and drops the rest.
 
+Adopting is pure: the new registry gets its own containers, shares an old entry only where
+nothing about it changes, and copies the others. What the running Runtime would notice (metric
+series removed or reset, a backend revived, the old copies silenced, health-check ownership) is
+done by `commit()`, which the new Runtime's `start()` calls once nothing can fail any more. A
+reload that fails before that leaves the running Runtime exactly as it was.
+
 Every change that alters which backends may be picked bumps `UpstreamState.version`; pools
 compare it with the version they last built their eligible set from (one int compare per
 request instead of re-filtering the backends).
@@ -25,19 +31,56 @@ from .breaker import STATE_NAMES, CircuitBreaker
 __all__ = ["BackendState", "StateRegistry", "UpstreamState"]
 
 _DISABLED = CircuitBreakerConfig(enabled=False)
+#: `check_owner` of an entry no Runtime's health checks may write to (not yet committed, or
+#: superseded by a copy in a newer Runtime).
+_UNOWNED = -1
+#: What a copy takes over from the entry it replaces (all but identity, owner and breaker).
+_CARRIED = (
+    "healthy",
+    "ok_streak",
+    "fail_streak",
+    "last_check",
+    "last_check_ok",
+    "last_check_at",
+    "passive_failures",
+    "ejected_until",
+    "ejections",
+    "total_ejections",
+    "recovered_at",
+    "ewma",
+    "ewma_at",
+)
 #: Peak-EWMA decay time constant (seconds): how long a slow observation is remembered.
 _EWMA_TAU = 10.0
 #: What a failed attempt costs in the latency estimate: failing fast must not look fast.
 _FAILURE_PENALTY = 1.0
 
 
-class UpstreamState:
-    __slots__ = ("backends", "name", "version")
+class _Version:
+    """The eligibility version of one upstream, shared by its states across Runtimes: an entry
+    shared by an old and a new Runtime invalidates both pools' cached eligible sets."""
 
-    def __init__(self, name: str) -> None:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class UpstreamState:
+    __slots__ = ("_version", "backends", "name")
+
+    def __init__(self, name: str, version: _Version | None = None) -> None:
         self.name = name
-        self.version = 0
+        self._version = version if version is not None else _Version()
         self.backends: dict[str, BackendState] = {}
+
+    @property
+    def version(self) -> int:
+        return self._version.value
+
+    @version.setter
+    def version(self, value: int) -> None:
+        self._version.value = value
 
 
 class BackendState:
@@ -54,6 +97,7 @@ class BackendState:
         "last_check",
         "last_check_at",
         "last_check_ok",
+        "live",
         "ok_streak",
         "passive_failures",
         "recovered_at",
@@ -70,7 +114,10 @@ class BackendState:
         self.last_check: str | None = None
         self.last_check_ok: bool | None = None
         self.last_check_at: float | None = None  # wall clock, for operators
-        self.check_owner = 0  # generation of the Runtime whose health task may write here
+        self.check_owner = _UNOWNED  # generation of the Runtime whose health task may write here
+        #: Whether this entry speaks for its backend (gauges, state-change events): set by
+        #: `StateRegistry.commit`, cleared when a newer Runtime's copy replaces it.
+        self.live = False
         self.passive_failures = 0
         self.ejected_until = 0.0
         self.ejections = 0  # consecutive ejections (back-off multiplier)
@@ -79,8 +126,17 @@ class BackendState:
         self.ewma = 0.0
         self.ewma_at = now
         self.breaker = CircuitBreaker(_DISABLED, self._on_breaker)
-        BACKEND_HEALTHY.labels(upstream.name, label).set(1)
-        CIRCUIT_STATE.labels(upstream.name, label).set(0)
+
+    def _take(self, source: BackendState, keep_breaker: bool) -> None:
+        """Carry `source`'s learnt state over to this copy (its breaker's too if `keep_breaker`)."""
+        for name in _CARRIED:
+            setattr(self, name, getattr(source, name))
+        if keep_breaker:
+            old, new = source.breaker, self.breaker
+            new.state, new.failures, new.successes = old.state, old.failures, old.successes
+            new.opened_at, new.changed_at = old.opened_at, old.changed_at
+            # Probes in flight report back to the old breaker: they hold no slot here.
+            new.probes = 0
 
     # -- health (active checks) --------------------------------------------------------------
     def check_result(
@@ -107,6 +163,8 @@ class BackendState:
             self.recovered_at = now
         upstream = self.upstream
         upstream.version += 1
+        if not self.live:
+            return  # a copy not committed yet, or one a newer Runtime replaced: not its to tell
         BACKEND_HEALTHY.labels(upstream.name, self.label).set(1 if healthy else 0)
         log.get_logger("aiogate.health").warning(
             log.BACKEND_HEALTH_CHANGED,
@@ -175,6 +233,8 @@ class BackendState:
         upstream.version += 1
         if new == 0:
             self.recovered_at = breaker.changed_at  # ramp up again after an outage
+        if not self.live:
+            return
         to = STATE_NAMES[new]
         CIRCUIT_STATE.labels(upstream.name, self.label).set(new)
         CIRCUIT_TRANSITIONS.labels(upstream.name, self.label, to).inc()
@@ -211,10 +271,18 @@ class BackendState:
 class StateRegistry:
     """Every upstream's backend states; handed from a Runtime to its successor on reload."""
 
-    __slots__ = ("upstreams",)
+    __slots__ = ("_copies", "_previous", "_unchecked", "committed", "upstreams")
 
     def __init__(self) -> None:
         self.upstreams: dict[str, UpstreamState] = {}
+        #: Whether `commit` ran: only then did anything outside this registry change.
+        self.committed = False
+        self._previous: StateRegistry | None = None
+        #: (copy, the entry it replaces, whether the copy keeps that entry's breaker state)
+        self._copies: list[tuple[BackendState, BackendState, bool]] = []
+        #: Upstreams without active health checks: nothing would ever mark their backends
+        #: healthy again, so `commit` does.
+        self._unchecked: set[str] = set()
 
     def adopt(
         self,
@@ -223,34 +291,76 @@ class StateRegistry:
         previous: StateRegistry | None,
         now: float,
     ) -> None:
-        """Fill this registry for `upstreams`, keeping `previous`'s state where it still applies."""
+        """Fill this registry for `upstreams`, keeping `previous`'s state where it still applies.
+
+        Pure: nothing `previous` holds is changed, and no metric or log is touched, so a Runtime
+        that fails to build or start after this leaves the running one as it was. An entry is
+        shared with `previous` when nothing about it changes (requests on both Runtimes keep
+        accounting to it); a backend whose breaker settings changed, or that would be revived
+        because its upstream lost its `health_check`, gets a copy of the learnt state instead.
+        """
+        self._previous = previous
         old = previous.upstreams if previous is not None else {}
         for config in upstreams:
-            state = old.get(config.name) or UpstreamState(config.name)
+            before = old.get(config.name)
+            state = UpstreamState(config.name, before._version if before is not None else None)
             breaker_config = config.circuit_breaker or default_breaker
-            kept: dict[str, BackendState] = {}
+            unchecked = config.health_check is None
+            if unchecked:
+                self._unchecked.add(config.name)
             for backend in config.backends:
-                entry = state.backends.get(backend.url) or BackendState(state, backend.url, now)
-                if entry.breaker.config != breaker_config:
-                    entry.breaker = CircuitBreaker(breaker_config, entry._on_breaker)
-                    CIRCUIT_STATE.labels(config.name, backend.url).set(0)
-                if config.health_check is None and not entry.healthy:
-                    entry._set_healthy(True, now)  # no checks any more: nothing keeps it out
-                kept[backend.url] = entry
-            for url in state.backends.keys() - kept.keys():
-                _forget(config.name, url)
-            state.backends = kept
-            state.version += 1
+                source = before.backends.get(backend.url) if before is not None else None
+                same_breaker = source is not None and source.breaker.config == breaker_config
+                if source is not None and same_breaker and (source.healthy or not unchecked):
+                    state.backends[backend.url] = source
+                    continue
+                entry = BackendState(state, backend.url, now)
+                entry.breaker = CircuitBreaker(breaker_config, entry._on_breaker)
+                if source is not None:
+                    entry._take(source, same_breaker)
+                    self._copies.append((entry, source, same_breaker))
+                state.backends[backend.url] = entry
             self.upstreams[config.name] = state
-        for name in old.keys() - self.upstreams.keys():
-            for url in old[name].backends:
-                _forget(name, url)
 
-    def own(self, generation: int) -> None:
-        """From now on only the health checks of Runtime `generation` record verdicts."""
+    def commit(self, generation: int, now: float, replacing: StateRegistry | None = None) -> None:
+        """Make this registry the live one: Runtime `generation` has started.
+
+        Copies catch up with what their originals learnt since `adopt`; every entry publishes
+        its gauges and takes its health checks from Runtime `generation` only; backends of an
+        upstream without checks are revived; the entries of `replacing` (by default the
+        registry adopted from) that this one does not share fall silent, and the metric
+        series of backends no longer configured are removed. Calling it on the old registry
+        with `replacing=` the new one undoes a commit.
+        """
+        replaced = self._previous if replacing is None else replacing
+        self.committed = True
+        for copy, source, keep_breaker in self._copies:
+            copy._take(source, keep_breaker)
+        self._copies = []
+        self._previous = None  # or every registry would keep its predecessors alive
+        mine: set[int] = set()
         for state in self.upstreams.values():
             for entry in state.backends.values():
+                mine.add(id(entry))
+                entry.upstream = state  # a shared entry counts ejections in this pool now
                 entry.check_owner = generation
+                entry.live = True
+                BACKEND_HEALTHY.labels(state.name, entry.label).set(1 if entry.healthy else 0)
+                CIRCUIT_STATE.labels(state.name, entry.label).set(entry.breaker.state)
+                if state.name in self._unchecked and not entry.healthy:
+                    entry._set_healthy(True, now)  # no checks any more: nothing keeps it out
+            state.version += 1
+        if replaced is None:
+            return
+        for name, old in replaced.upstreams.items():
+            current = self.upstreams.get(name)
+            for url, entry in old.backends.items():
+                if id(entry) not in mine:
+                    # The replaced Runtime keeps using it while it drains, silently.
+                    entry.live = False
+                    entry.check_owner = _UNOWNED
+                if current is None or url not in current.backends:
+                    _forget(name, url)
 
 
 def _forget(upstream: str, backend: str) -> None:
