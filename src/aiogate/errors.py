@@ -16,6 +16,7 @@ from aiohttp import web
 __all__ = [
     "BadGateway",
     "BadRequest",
+    "ExpectationFailed",
     "Forbidden",
     "GatewayError",
     "GatewayTimeout",
@@ -28,6 +29,7 @@ __all__ = [
     "ServiceUnavailable",
     "TooManyRequests",
     "Unauthorized",
+    "UpstreamBodyBroken",
     "error_body",
     "render_error",
 ]
@@ -88,6 +90,11 @@ class PayloadTooLarge(GatewayError):
     code = "body_too_large"
 
 
+class ExpectationFailed(GatewayError):
+    status = 417
+    code = "expectation_failed"
+
+
 class TooManyRequests(GatewayError):
     status = 429
     code = "rate_limited"
@@ -116,6 +123,19 @@ class ServiceUnavailable(GatewayError):
 class GatewayTimeout(GatewayError):
     status = 504
     code = "upstream_timeout"
+
+
+class UpstreamBodyBroken(ConnectionResetError):
+    """The upstream's response body broke after the response head had gone to the client.
+
+    Nothing can be rendered any more: the client's connection is cut so it sees a truncated
+    response. It is still the upstream's failure, not the client's: the server records it as
+    502 `bad_upstream_response` (a plain ConnectionError would be logged as the client's 499).
+    A ConnectionError so that aiohttp ends the connection as it does for any broken response.
+    """
+
+    status: ClassVar[int] = 502
+    code: ClassVar[str] = "bad_upstream_response"
 
 
 def error_body(code: str, message: str, request_id: str) -> bytes:

@@ -49,6 +49,7 @@ __all__ = [
     "RUNTIME_DRAIN_TIMEOUT",
     "WORKERS_NOT_READY",
     "WORKER_RELOAD_SLOW",
+    "WORKER_ROLLBACK_FAILED",
     "REQUEST",
     "SHUTDOWN_COMPLETE",
     "SHUTDOWN_STARTED",
@@ -72,6 +73,7 @@ STARTED: Final = "gateway_started"
 CONFIG_RESTART_REQUIRED: Final = "config_restart_required"
 RUNTIME_DRAIN_TIMEOUT: Final = "runtime_drain_timeout"
 WORKER_RELOAD_SLOW: Final = "worker_reload_slow"
+WORKER_ROLLBACK_FAILED: Final = "worker_rollback_failed"
 WORKERS_NOT_READY: Final = "workers_not_ready"
 SHUTDOWN_STARTED: Final = "shutdown_started"
 SHUTDOWN_COMPLETE: Final = "shutdown_complete"

@@ -22,6 +22,7 @@ from .redisconn import make_redis
 from .router import Router
 from .runtime_types import CompiledRoute
 from .stages import Next, Stage, compose
+from .stages.auth import claim_header_names
 from .stages.cors import Cors
 from .stages.ip_rules import IpRulesPlan
 from .stages.proxy import Proxy
@@ -87,6 +88,8 @@ class Runtime:
         self.ratelimit = RateLimitPlan(config, self.redis)
         #: Global IP rules compiled once; each route's stage adds its own (None: no stage).
         self.ip_rules = IpRulesPlan(config.ip_rules)
+        #: Headers the gateway fills from JWT claims: never taken from a client, on any route.
+        claim_headers = claim_header_names(config.auth)
         routes: list[tuple[str, frozenset[str] | None, CompiledRoute]] = []
         for route in config.routes:
             pool = self.pools[route.upstream]
@@ -102,6 +105,7 @@ class Runtime:
                 retries=route.retries or upstream.retries,
                 budget=None if route.retries is not None else budgets[upstream.name],
                 fallback=breaker.fallback if breaker.enabled else None,
+                drop=claim_headers,
             )
             stages: list[Stage] = []
             ip_rules = self.ip_rules.stage(route)
@@ -134,12 +138,17 @@ class Runtime:
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        """Start background work: auth refreshes, one health-check task per upstream."""
+        """Start background work: auth refreshes, one health-check task per upstream.
+
+        Last, with nothing left to fail, the adopted backend state goes live (metric series,
+        revived backends, health-check ownership): a Runtime that fails to build or start
+        leaves the running one's backend state untouched.
+        """
         await self.auth.start()
-        self.upstream_states.own(self.generation)
         for checker in self._health:
             checker.start()
         await self.ratelimit.start()
+        self.upstream_states.commit(self.generation, _now())
 
     def enter(self) -> None:
         self._in_flight += 1

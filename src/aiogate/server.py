@@ -15,9 +15,12 @@ import time
 from typing import Any, Final
 
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 from aiohttp.helpers import set_exception
 from aiohttp.http import HttpVersion10, HttpVersion11
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from . import log
@@ -27,6 +30,7 @@ from .errors import (
     GatewayError,
     HeaderFieldsTooLarge,
     InternalError,
+    UpstreamBodyBroken,
     error_body,
     render_error,
 )
@@ -74,6 +78,30 @@ class GatewayServer:
             auto_decompress=False,
             access_log=None,
             lingering_time=2.0,
+            request_factory=self._make_request,
+        )
+
+    def _make_request(
+        self,
+        message: RawRequestMessage,
+        payload: StreamReader,
+        protocol: RequestHandler,
+        writer: AbstractStreamWriter,
+        task: asyncio.Task[None],
+    ) -> web.BaseRequest:
+        # aiohttp's default client_max_size (1 MiB) would make `request.read()` of a body the
+        # gateway admits (up to server.max_body_size; a json_body transform reads it whole)
+        # raise HTTPRequestEntityTooLarge inside a stage: a 500. Read per request, so a reload
+        # that changes max_body_size applies at once. 0 would mean "no limit" to aiohttp, and
+        # bodies are refused earlier then anyway.
+        return web.BaseRequest(
+            message,
+            payload,
+            protocol,
+            writer,
+            task,
+            self._loop,
+            client_max_size=max(1, self._holder.current.config.server.max_body_size),
         )
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
@@ -130,9 +158,14 @@ class GatewayServer:
             if err.status in (400, 408, 413):
                 # The rest of the request cannot be trusted (or is not wanted): close.
                 response.force_close()
+        except UpstreamBodyBroken as broken:
+            # The upstream broke after the response had started (the proxy cut the client
+            # off): its failure, not the client's, so a 502 in the metrics and access log.
+            runtime.recorder.error(broken.code)
+            self._record(runtime, ctx, broken.status, now=time.perf_counter())
+            raise
         except (ConnectionError, asyncio.CancelledError):
-            # The client went away, or the upstream broke after the response had started;
-            # nothing can be sent any more, only recorded.
+            # The client went away: nothing can be sent any more, only recorded.
             self._record(runtime, ctx, 499, now=time.perf_counter())
             raise
         except Exception:

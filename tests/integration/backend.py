@@ -109,8 +109,10 @@ def make_app(name: str, seen: Seen) -> web.Application:
         return web.Response(status=code, text=f"status {code}", headers=headers)
 
     async def slow(request: web.Request) -> web.Response:
-        await asyncio.sleep(float(request.match_info["seconds"]))
+        # Recorded on arrival: a slow request whose gateway is gone must not show up seconds
+        # later in another test's "nothing reached the backend" window.
         await record(request, 0, "")
+        await asyncio.sleep(float(request.match_info["seconds"]))
         return web.json_response({"backend": name, "slept": request.match_info["seconds"]})
 
     async def cookies(_: web.Request) -> web.Response:

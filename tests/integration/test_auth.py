@@ -17,7 +17,7 @@ import pytest
 from backend import BackendThread
 from gateway import Gateway, wait_until
 from gwconfigs import basic_config
-from wire import Reply, access_line, assert_gateway_error, new_id, request
+from wire import Reply, access_line, assert_gateway_error, new_id, request, seen_with
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "auth"))
 from keys import SECRET, claims, public_pem, rsa_key, token, unsigned
@@ -38,6 +38,7 @@ def auth_config(backends: BackendThread, **auth: Any) -> dict[str, Any]:
             "tier_claim": "plan",
             "max_token_size": "4KiB",
             "query_param": "access_token",
+            "cookie": "gw_jwt",
         },
         "api_key": {
             "keys": [{"key": "${env:TEST_DEMO_KEY}", "consumer": "demo", "tier": "gold"}],
@@ -120,6 +121,58 @@ def test_valid_jwt_forwards_claims_and_strips_credentials(
     assert names.count(b"x-user-id") + names.count("x-user-id") == 1
     line = access_line(agw, rid)
     assert line["consumer"] == "alice"
+
+
+@pytest.mark.parametrize(
+    ("path", "credential"),
+    [
+        ("/api/users", ()),  # public
+        ("/api/keys-only", (("X-API-Key", "demo-key-123"),)),  # api_key only
+        ("/api/protected", (("X-API-Key", "demo-key-123"),)),  # jwt or api_key, by key
+    ],
+)
+def test_client_cannot_forge_forwarded_claim_headers_on_any_route(
+    agw: Gateway, backends: BackendThread, path: str, credential: tuple[tuple[str, str], ...]
+) -> None:
+    """X-User-Id / X-User-Role are the gateway's word about a verified token: a client's own
+    never reaches an upstream, whatever the route's auth (issue 3: "always removed first")."""
+    reply, rid = get(agw, path, *credential, ("X-User-Id", "admin"), ("x-user-role", "admin"),
+                     ("X-Other", "kept"))  # fmt: skip
+    assert reply.status == 200, reply.body
+    names = [name.lower() for name, _ in backends.seen.find(rid)["header_list"]]  # type: ignore[attr-defined]
+    assert b"x-user-id" not in names
+    assert b"x-user-role" not in names
+    assert b"x-other" in names
+
+
+def test_token_from_cookie_is_cut_from_the_forwarded_cookies(
+    agw: Gateway, backends: BackendThread
+) -> None:
+    """forward_token is false: the token does not reach the upstream as a cookie either, and
+    the other cookies pass byte-exact."""
+    tok = token(good(sub="carol"))
+    reply, rid = get(agw, "/api/protected/c", ("Cookie", f'a=1; gw_jwt={tok}; b="x y";c=3'))
+    assert reply.status == 200, reply.body
+    seen = backends.seen.find(rid)
+    cookies = [v for k, v in seen["header_list"] if k.lower() == b"cookie"]  # type: ignore[attr-defined]
+    assert cookies == [b'a=1; b="x y";c=3']
+    assert seen["headers"]["X-User-Id"] == "carol"  # type: ignore[index]
+    # The token as the only cookie: no Cookie header at all goes out.
+    reply, rid = get(agw, "/api/protected/c", ("Cookie", f"gw_jwt={tok}"))
+    assert reply.status == 200, reply.body
+    assert "Cookie" not in backends.seen.find(rid)["headers"]  # type: ignore[operator]
+
+
+def test_claim_with_no_utf8_form_is_401_and_reaches_no_backend(
+    agw: Gateway, backends: BackendThread
+) -> None:
+    """A lone surrogate in a forwarded claim cannot be sent: the token is refused, rather
+    than each attempt failing as a 502 that opens the backends' circuits."""
+    tok = token(good(sub="\ud800"))
+    for _ in range(6):  # more than failure_threshold (5)
+        reply = rejected(agw, tok, "invalid_claim")
+        assert not seen_with(backends, reply.json()["request_id"])
+    assert get(agw, "/api/protected", bearer(token(good())))[0].status == 200
 
 
 def test_token_from_query_param_is_removed_before_forwarding(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+from urllib.request import urlopen
 
 import pytest
 from backend import BackendThread
@@ -27,6 +28,10 @@ def egw(
     backends: BackendThread, raw_backend: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Gateway]:
     config = wide_config(backends, raw_backend.url)
+    # The raw backend breaks on purpose, test after test: its circuit must stay closed here.
+    for upstream in config["upstreams"]:
+        if upstream["name"] == "raw":
+            upstream["circuit_breaker"] = {"failure_threshold": 1000}
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     config["upstreams"] = [*config["upstreams"], {"name": "dead", "backends": [{"url": dead}]}]
     config["routes"] = [
@@ -109,6 +114,31 @@ def test_upstream_closing_mid_chunked_body_truncates_the_response(egw: Gateway) 
     else:  # close-delimited would be indistinguishable from complete: not acceptable
         pytest.fail(f"a broken stream was relayed with framing {reply.headers}")
     assert len(reply.body) < 2048
+
+
+def test_upstream_breaking_mid_body_is_a_502_against_the_backend(
+    backends: BackendThread, raw_backend: Any, make_gateway: Callable[..., Gateway]
+) -> None:
+    """A body that breaks after the head went out is the upstream's failure: access log and
+    metrics say 502 (not the client's 499), and the backend's breaker counts it."""
+    config = wide_config(backends, raw_backend.url)
+    config["circuit_breaker"] = {"failure_threshold": 2, "timeout": "1h"}
+    gw = make_gateway(config)
+    rid = new_id()
+    reply = exchange(
+        gw.port,
+        f"GET /raw/close-mid HTTP/1.1\r\nHost: x\r\nX-Request-ID: {rid}\r\n\r\n".encode(),
+    )
+    assert (reply.status, reply.complete) == (200, False)
+    line = access_line(gw, rid)
+    assert (line["status"], line["upstream"]) == (502, "raw"), line
+    # The buffered path (a small Content-Length body) is a rendered 502: the second failure.
+    assert_gateway_error(request(gw.port, "GET", "/raw/close-small"), 502, "bad_upstream_response")
+    reply = request(gw.port, "GET", "/raw/ok")
+    assert_gateway_error(reply, 503)  # two failures in a row: the circuit is open
+    metrics = urlopen(f"{gw.admin_url}/metrics", timeout=5).read().decode()
+    assert 'aiogate_requests_total{method="GET",route="raw",status="502"} 2.0' in metrics
+    assert 'route="raw",status="499"' not in metrics
 
 
 def test_keepalive_client_connection_is_not_reused_after_truncation(egw: Gateway) -> None:

@@ -45,6 +45,9 @@ def transform_config(backends: BackendThread) -> dict[str, Any]:
                                       "remove": ["password"], "max_size": "4KiB"}},
             "response": {"json_body": {"add": {"via": "aiogate"}, "remove": ["headers"]}},
         }},
+        {"path": "/json-large", "upstream": "user-service", "name": "json-large",
+         "transformations": {"request": {"json_body": {"add": {"source": "gateway"},
+                                                       "max_size": "4MiB"}}}},
         {"path": "/mapped", "upstream": "user-service", "name": "mapped", "transformations": {
             "request": {"rewrite": {"prefix": "/status"}},
             "response": {"status_map": {502: 503, 404: 410},
@@ -130,6 +133,17 @@ def test_json_request_body(tgw: Gateway, backends: BackendThread) -> None:
     assert seen["body_len"] == len(expected)
     assert seen["sha256"] == hashlib.sha256(expected).hexdigest()
     assert seen["headers"]["Content-Length"] == str(len(expected))
+
+
+def test_json_body_over_one_mib_is_edited_not_a_500(tgw: Gateway, backends: BackendThread) -> None:
+    # Under json_body.max_size (4 MiB) and server.max_body_size (10 MiB), over aiohttp's
+    # default client_max_size (1 MiB): read whole and edited like any other.
+    body = orjson.dumps({"blob": "x" * (2 * 1024 * 1024)})
+    reply, rid = send(tgw, "POST", "/json-large/up", [("Content-Type", "application/json")], body)
+    assert reply.status == 200, reply.body[:200]
+    expected = orjson.dumps({"blob": "x" * (2 * 1024 * 1024), "source": "gateway"})
+    (seen,) = seen_with(backends, rid)
+    assert seen["sha256"] == hashlib.sha256(expected).hexdigest()
 
 
 def test_non_json_and_large_bodies_pass_untouched(tgw: Gateway, backends: BackendThread) -> None:

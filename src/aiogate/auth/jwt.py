@@ -182,6 +182,12 @@ def claim_header_value(claim: str, value: Any) -> str:
         raise AuthFailure("invalid_claim", f"claim '{claim}' cannot be forwarded as a header")
     if any(c in _CONTROL for c in text):
         raise AuthFailure("invalid_claim", f"claim '{claim}' contains control characters")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON's \ud800 escapes decode to lone surrogates, which have no UTF-8 form: such a
+        # header could not be sent, and must fail here, as the token's fault.
+        raise AuthFailure("invalid_claim", f"claim '{claim}' is not valid Unicode") from None
     return text
 
 

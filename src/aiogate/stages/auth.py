@@ -17,7 +17,7 @@ from prometheus_client import Counter
 
 from .. import log
 from ..auth import AuthFailure, Consumer
-from ..config import RouteAuth
+from ..config import AuthConfig, RouteAuth
 from ..context import RequestContext
 from ..errors import Forbidden, GatewayError, ServiceUnavailable, Unauthorized
 from ..metrics import AUTH_FAILURES
@@ -26,7 +26,7 @@ from . import Next
 if TYPE_CHECKING:
     from ..auth import AuthServices
 
-__all__ = ["Authenticate"]
+__all__ = ["Authenticate", "claim_header_names"]
 
 _MISSING: Final = "missing_credentials"
 
@@ -40,6 +40,7 @@ class Authenticate:
         "_claim_rules",
         "_cookie",
         "_drop",
+        "_drop_cookie",
         "_failures",
         "_jwt",
         "_jwt_query",
@@ -47,6 +48,7 @@ class Authenticate:
         "_key_query",
         "_required_claims",
         "_route",
+        "_strip_cookie",
         "_strip_query",
         "_types",
     )
@@ -64,12 +66,16 @@ class Authenticate:
         self._jwt_query: str | None = None
         self._key_header: str | None = None
         self._key_query: str | None = None
+        # The token's cookie, cut from the upstream's Cookie header (forward_token: false).
+        self._strip_cookie: str | None = None
+        # forward_claims names are not here: the proxy drops them on every route, public ones
+        # included (see claim_header_names).
         if self._jwt is not None and config.jwt is not None:
             self._cookie = config.jwt.cookie
             self._jwt_query = config.jwt.query_param
-            drop.update(header.lower() for header in config.jwt.forward_claims.values())
             if not config.jwt.forward_token:
                 drop.add("authorization")
+                self._strip_cookie = config.jwt.cookie
         if self._api_key is not None and config.api_key is not None:
             self._key_header = config.api_key.header
             self._key_query = config.api_key.query_param
@@ -78,6 +84,7 @@ class Authenticate:
             if param is not None:
                 strip_query.add(param)
         self._drop = frozenset(drop)
+        self._drop_cookie = self._drop | {"cookie"}
         self._strip_query = frozenset(strip_query)
         self._required_claims = policy.required_claims
         self._claim_rules: tuple[tuple[str, frozenset[str]], ...] = tuple(
@@ -99,6 +106,8 @@ class Authenticate:
         ctx.claims = consumer.claims
         ctx.upstream_drop = self._drop
         ctx.upstream_add = consumer.headers
+        if self._strip_cookie is not None:
+            self._drop_token_cookie(ctx, self._strip_cookie)
         if self._strip_query and ctx.query:
             ctx.query = _without_params(ctx.query, self._strip_query)
         return await call_next(ctx)
@@ -141,6 +150,22 @@ class Authenticate:
             return _query_value(ctx.query, self._key_query)
         return None
 
+    def _drop_token_cookie(self, ctx: RequestContext, name: str) -> None:
+        """Forward the client's Cookie headers without the token's cookie.
+
+        Like Authorization, whichever credential authenticated this request: a token that must
+        not reach the upstream must not reach it as a cookie either.
+        """
+        values = ctx.request.headers.getall("Cookie", ())
+        if not any(name in value for value in values):
+            return
+        rewritten = [_without_cookie(value, name) for value in values]
+        ctx.upstream_drop = self._drop_cookie
+        ctx.upstream_add = (
+            *ctx.upstream_add,
+            *(("Cookie", value) for value in rewritten if value),
+        )
+
     def _authorize(self, claims: Mapping[str, Any]) -> None:
         # An API key carries no claims: on a route with claim rules it never passes them.
         for claim in self._required_claims:
@@ -176,6 +201,24 @@ class Authenticate:
                 f'error_description="{failure.description}"'
             )
         return Unauthorized(failure.description, headers={"WWW-Authenticate": challenge})
+
+
+def claim_header_names(config: AuthConfig) -> frozenset[str]:
+    """Lower-case names of the headers the gateway fills from JWT claims (`forward_claims`).
+
+    Computed once per Runtime: the proxy drops these from every client request on every route,
+    so an upstream never takes a client's `X-User-Id` for one the gateway vouched for, whether
+    the route authenticates with a JWT, an API key or not at all.
+    """
+    if config.jwt is None:
+        return frozenset()
+    return frozenset(header.lower() for header in config.jwt.forward_claims.values())
+
+
+def _without_cookie(header: str, name: str) -> str:
+    """A Cookie header value minus every `name=` pair; the other pairs stay byte-exact."""
+    kept = [pair for pair in header.split(";") if pair.partition("=")[0].strip() != name]
+    return ";".join(kept).strip()
 
 
 def _claim_values(value: Any) -> frozenset[str]:

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict
 from prometheus_client import Counter
@@ -24,10 +25,12 @@ from ..context import RequestContext
 from ..errors import (
     BadGateway,
     BadRequest,
+    ExpectationFailed,
     GatewayError,
     GatewayTimeout,
     PayloadTooLarge,
     ServiceUnavailable,
+    UpstreamBodyBroken,
 )
 from ..metrics import UPSTREAM_RETRIES, RequestRecorder
 from ..upstream.forward import (
@@ -36,11 +39,18 @@ from ..upstream.forward import (
     UpstreamResponse,
     UpstreamTimeoutError,
 )
+from ..upstream.head import check_head
 from ..upstream.pool import Backend, NoBackendAvailable, UpstreamPool
 from ..upstream.retry import IDEMPOTENT_METHODS, RetryBudget, backoff_delay
 from .wire import WireResponse
 
-__all__ = ["ClientBodyError", "Proxy", "filter_request_headers", "filter_response_headers"]
+__all__ = [
+    "ClientBodyError",
+    "Proxy",
+    "answer_expectation",
+    "filter_request_headers",
+    "filter_response_headers",
+]
 
 #: Bodies up to this size are read whole: cheaper than streaming, and replayable.
 _BUFFER_LIMIT: Final = 64 * 1024
@@ -65,7 +75,9 @@ _GATEWAY_SET: Final = frozenset(
     {"host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
      "x-request-id"}
 )  # fmt: skip
-_REQUEST_DROP: Final = _HOP_BY_HOP | _GATEWAY_SET
+# `Expect` is answered by the gateway itself (`answer_expectation`): an upstream asked to send
+# `100 Continue` would only delay the exchange, the body being on its way already.
+_REQUEST_DROP: Final = _HOP_BY_HOP | _GATEWAY_SET | {"expect"}
 _RESPONSE_DROP: Final = _HOP_BY_HOP | {"content-length", "x-request-id"}
 
 _Prepare = Callable[[], Awaitable[None]]
@@ -73,6 +85,38 @@ _Prepare = Callable[[], Awaitable[None]]
 
 class ClientBodyError(ConnectionResetError):
     """The client's connection broke while its body was being relayed (the server logs 499)."""
+
+
+_CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def answer_expectation(request: web.BaseRequest) -> None:
+    """Meet the client's `Expect` before its body is read (RFC 9110 §10.1.1).
+
+    Called by whichever stage is about to read the body, so only once routing, IP rules, auth
+    and rate limits have passed: a client waiting for `100 Continue` learns about a refusal
+    before sending a byte of its body. Any expectation other than 100-continue is 417.
+    """
+    values = request.headers.getall(hdrs.EXPECT, ())
+    if not values:
+        return
+    for value in values:
+        for token in value.split(","):
+            if token.strip().lower() != "100-continue":
+                raise ExpectationFailed("only the 100-continue expectation is supported")
+    content = request.content
+    # An HTTP/1.0 client cannot take a 1xx (the RFC says to ignore the expectation), and a
+    # client that already started sending its body is not waiting for one.
+    if (
+        request.version == HttpVersion11
+        and request.body_exists
+        and content.total_bytes == 0
+        and not content.is_eof()
+    ):
+        writer = request.writer
+        await writer.write(_CONTINUE)
+        # The interim response is not the start of the real one (aiohttp does the same).
+        writer.output_size = 0
 
 
 def _connection_tokens(value: str) -> set[str]:
@@ -170,8 +214,13 @@ class Proxy:
         budget: RetryBudget | None = None,
         fallback: FallbackResponseConfig | None = None,
         rng: random.Random | None = None,
+        drop: frozenset[str] = frozenset(),
     ) -> None:
         self._pool = pool
+        # `drop`: lower-case client headers never forwarded on any route (the names the
+        # gateway fills from JWT claims: a public route's upstream must not take a client's
+        # X-User-Id for one the gateway vouched for).
+        self._drop = _REQUEST_DROP | drop
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -190,6 +239,7 @@ class Proxy:
 
     async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
         request = ctx.request
+        head, forwarded, target = self._request_head(ctx)
         body = await self._request_body(ctx)
         pool = self._pool
         loop = self._loop
@@ -211,92 +261,121 @@ class Proxy:
             attempt += 1
             probe = backend.state.breaker.acquire()
             sent_at = time.perf_counter()
+            delay: float | None
             backend.in_flight += 1
             try:
-                # One upstream attempt (issue 6 hooks its per-attempt span around this call).
-                upstream = await self._attempt(ctx, backend, body, deadline, attempt)
-            except (GatewayError, ClientBodyError, asyncio.CancelledError):
-                # The client's body was too large, malformed or cut off, or the client left:
-                # not the backend's fault, no verdict on it.
-                backend.in_flight -= 1
-                backend.state.breaker.cancel(probe)
-                raise
-            except Exception as exc:
-                backend.in_flight -= 1
-                pool.failed(backend, loop.time(), probe)
-                failure, reason, reached = self._classify(ctx, exc)
-                if not (
-                    self._may_retry(ctx, body, attempt, reached, reason)
-                    and await self._backoff(ctx, attempt, deadline, reason)
-                ):
-                    raise failure from None
-                tried.append(backend)
-                now = loop.time()
-                continue
-            retry = await self._answered(
-                ctx, backend, upstream, sent_at=sent_at, probe=probe, body=body,
-                attempt=attempt, deadline=deadline,
-            )  # fmt: skip
-            if retry:
-                backend.in_flight -= 1
-                tried.append(backend)
-                failure = None  # a later 503 from the pool is then the honest answer
-                now = loop.time()
-                continue
-            try:
-                return await self._relay(ctx, request, upstream)
+                try:
+                    upstream = await self._attempt(
+                        ctx, backend, head=head, forwarded=forwarded, target=target, body=body,
+                        deadline=deadline, attempt=attempt,
+                    )  # fmt: skip
+                except (GatewayError, ClientBodyError, asyncio.CancelledError):
+                    # The client's body was too large, malformed or cut off, or the client
+                    # left: not the backend's fault, no verdict on it.
+                    backend.state.breaker.cancel(probe)
+                    raise
+                except Exception as exc:
+                    pool.failed(backend, loop.time(), probe)
+                    failure, reason, reached = self._classify(ctx, exc)
+                    delay = self._retry_delay_if_allowed(
+                        ctx, body, attempt, reached=reached, reason=reason, deadline=deadline
+                    )
+                    if delay is None:
+                        raise failure from None
+                else:
+                    seconds = time.perf_counter() - sent_at
+                    self._recorder.upstream(ctx.upstream, ctx.backend, seconds)
+                    delay = self._answered(
+                        ctx, backend, upstream, probe=probe, body=body, attempt=attempt,
+                        deadline=deadline,
+                    )  # fmt: skip
+                    if delay is None:
+                        # Below 500 the backend's verdict waits for the end of the body.
+                        return await self._relay(
+                            ctx, request, upstream, backend, probe=probe,
+                            seconds=seconds if upstream.status < 500 else None,
+                        )  # fmt: skip
+                    failure = None  # a later 503 from the pool is then the honest answer
             finally:
+                # Whatever happened (cancellation included), the attempt is over.
                 backend.in_flight -= 1
+            # The backoff is not the backend's load: it waits outside its in-flight count.
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tried.append(backend)
+            now = loop.time()
 
-    async def _answered(
+    def _answered(
         self,
         ctx: RequestContext,
         backend: Backend,
         upstream: UpstreamResponse,
         *,
-        sent_at: float,
         probe: bool,
         body: RequestBody | None,
         attempt: int,
         deadline: float,
-    ) -> bool:
-        """Account a response head to its backend; True if it was released to retry."""
-        seconds = time.perf_counter() - sent_at
-        self._recorder.upstream(ctx.upstream, ctx.backend, seconds)
+    ) -> float | None:
+        """Judge a 5xx head (a failure of its backend); the backoff delay if the response was
+        released to be retried, None if it is the answer.
+
+        Any other status is judged by `_relay` once the body is through: a backend whose
+        bodies break after a good head would otherwise never open its circuit, each
+        success resetting the count of consecutive failures.
+        """
         status = upstream.status
-        now = self._loop.time()
         if status < 500:
-            self._pool.succeeded(backend, now, seconds, probe)
-            return False
-        self._pool.failed(backend, now, probe, status in self._passive_statuses)
-        if status not in self._retry_statuses or not self._may_retry(
-            ctx, body, attempt, True, "status"
-        ):
-            return False
-        delay = self._retry_delay(ctx, attempt, deadline, "status")
-        if delay is None:
-            return False
-        upstream.release()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        return True
+            return None
+        self._pool.failed(backend, self._loop.time(), probe, status in self._passive_statuses)
+        if status not in self._retry_statuses:
+            return None
+        delay = self._retry_delay_if_allowed(
+            ctx, body, attempt, reached=True, reason="status", deadline=deadline
+        )
+        if delay is not None:
+            upstream.release()
+        return delay
+
+    def _request_head(
+        self, ctx: RequestContext
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]], str]:
+        """(headers before Host, headers after it, target without the backend's base path).
+
+        Built and checked once per request, before any backend is picked: a head that cannot
+        be framed (a lone surrogate in a forwarded claim, a control character in the target)
+        is the request's fault, so it is a 400 that never counts against a backend nor is
+        retried on another one.
+        """
+        head, forwarded = self._upstream_headers(ctx)
+        path = ctx.path if ctx.upstream_path is None else ctx.upstream_path  # transform's rewrite
+        target = f"{path}?{ctx.query}" if ctx.query else path
+        try:
+            check_head(ctx.method, target, [*head, *forwarded])
+        except ValueError as exc:
+            raise BadRequest(f"the request cannot be forwarded: {exc}") from None
+        return head, forwarded, target
 
     async def _attempt(
         self,
         ctx: RequestContext,
         backend: Backend,
+        *,
+        head: list[tuple[str, str]],
+        forwarded: list[tuple[str, str]],
+        target: str,
         body: RequestBody | None,
         deadline: float,
         attempt: int = 1,
     ) -> UpstreamResponse:
-        """Send the request to `backend`; return once its response head is in."""
-        headers = self._upstream_headers(ctx, backend)
-        path = ctx.path if ctx.upstream_path is None else ctx.upstream_path  # transform's rewrite
-        target = backend.base_path + path
-        if ctx.query:
-            target = f"{target}?{ctx.query}"
-        # Observability (issue 6): the attempt's span (which also injects its traceparent)
-        # and the backend's in-flight gauge, from sending until the response head is in.
+        """Send the request to `backend`; return once its response head is in.
+
+        `head` and `forwarded` are the request's headers before and after `Host`, built and
+        checked once per request; each attempt gets its own list (the span edits it).
+        """
+        headers = [*head, ("Host", backend.authority), *forwarded]
+        target = backend.base_path + target
+        # Each attempt is its own span (which also injects its traceparent) and is counted in
+        # the backend's in-flight gauge, from sending until the response head is in.
         tracing = ctx.tracing
         span = tracing.start_attempt(ctx, headers, attempt=attempt) if tracing else None
         in_flight = self._recorder.in_flight(ctx.upstream, ctx.backend)
@@ -366,16 +445,21 @@ class Proxy:
             return False
         return True
 
-    async def _backoff(
-        self, ctx: RequestContext, attempt: int, deadline: float, reason: str
-    ) -> bool:
-        """Wait before retry number `attempt`; False if the deadline would pass meanwhile."""
-        delay = self._retry_delay(ctx, attempt, deadline, reason)
-        if delay is None:
-            return False
-        if delay > 0:
-            await asyncio.sleep(delay)
-        return True
+    def _retry_delay_if_allowed(
+        self,
+        ctx: RequestContext,
+        body: RequestBody | None,
+        attempt: int,
+        *,
+        reached: bool,
+        reason: str,
+        deadline: float,
+    ) -> float | None:
+        """The backoff before retry number `attempt`, or None: no retry (the policy or the
+        budget says no, or the deadline would pass meanwhile)."""
+        if not self._may_retry(ctx, body, attempt, reached, reason):
+            return None
+        return self._retry_delay(ctx, attempt, deadline, reason)
 
     def _retry_delay(
         self, ctx: RequestContext, attempt: int, deadline: float, reason: str
@@ -409,6 +493,7 @@ class Proxy:
 
     async def _request_body(self, ctx: RequestContext) -> RequestBody | None:
         request = ctx.request
+        await answer_expectation(request)
         if ctx.upstream_body is not None:  # a transformed body (read whole by the stage)
             return RequestBody(data=ctx.upstream_body, chunks=None, length=len(ctx.upstream_body))
         if not request.body_exists:
@@ -453,13 +538,16 @@ class Proxy:
             yield chunk
         ctx.bytes_in = total
 
-    def _upstream_headers(self, ctx: RequestContext, backend: Backend) -> list[tuple[str, str]]:
+    def _upstream_headers(
+        self, ctx: RequestContext
+    ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """The upstream request's headers that go before `Host` and those after it."""
         request = ctx.request
         if ctx.upstream_drop:
-            # Set by auth: the credential and the forwarded-claim names never pass from the client.
-            headers = filter_request_headers(request, _REQUEST_DROP | ctx.upstream_drop)
+            # Set by auth (the credential) and transform: never passed on from the client.
+            headers = filter_request_headers(request, self._drop | ctx.upstream_drop)
         else:
-            headers = filter_request_headers(request)
+            headers = filter_request_headers(request, self._drop)
         headers += ctx.upstream_add
         # The Host header as sent (none from an HTTP/1.0 client: then no X-Forwarded-Host).
         host = request.headers.get("Host", "")
@@ -469,46 +557,88 @@ class Proxy:
             incoming = request.headers
             proto = incoming.get("X-Forwarded-Proto", proto)
             host = incoming.get("X-Forwarded-Host", host)
-        headers.append(("Host", backend.authority))
-        headers.append(("X-Forwarded-For", ctx.forwarded_for))
-        headers.append(("X-Forwarded-Proto", proto))
+        forwarded = [("X-Forwarded-For", ctx.forwarded_for), ("X-Forwarded-Proto", proto)]
         if host:
-            headers.append(("X-Forwarded-Host", host))
-        headers.append(("X-Request-ID", ctx.request_id))
-        return headers
+            forwarded.append(("X-Forwarded-Host", host))
+        forwarded.append(("X-Request-ID", ctx.request_id))
+        return headers, forwarded
 
     async def _relay(
-        self, ctx: RequestContext, request: web.BaseRequest, upstream: UpstreamResponse
+        self,
+        ctx: RequestContext,
+        request: web.BaseRequest,
+        upstream: UpstreamResponse,
+        backend: Backend,
+        *,
+        probe: bool,
+        seconds: float | None,
     ) -> web.StreamResponse:
-        headers = filter_response_headers(upstream.headers, ctx.response_drop)
-        headers.append(("X-Request-ID", ctx.request_id))
-        headers += ctx.response_headers
-        status, reason = upstream.status, upstream.reason or None
-        if ctx.response_edit is not None:  # transform: headers, status mapping
-            status = ctx.response_edit(ctx, status, headers)
-            if status != upstream.status:
-                reason = None
-        length = upstream.content_length
-        if length is not None and length <= _BUFFER_LIMIT:
+        """Send the upstream's response to the client and judge its backend by the body.
+
+        `seconds` (the head's latency) is None when the head was judged already (a 5xx).
+        A half-open probe thus holds its slot until its body is through.
+        """
+        judged = seconds is None
+        try:
+            headers = filter_response_headers(upstream.headers, ctx.response_drop)
+            headers.append(("X-Request-ID", ctx.request_id))
+            headers += ctx.response_headers
+            status, reason = upstream.status, upstream.reason or None
+            if ctx.response_edit is not None:  # transform: headers, status mapping
+                status = ctx.response_edit(ctx, status, headers)
+                if status != upstream.status:
+                    reason = None
+            length = upstream.content_length
+            if length is None or length > _BUFFER_LIMIT:
+                response = _Relayed(status=status, reason=reason, headers=headers)
+                if length is not None:
+                    response.content_length = length
+                judged = True  # from here on, by _stream
+                return await self._stream(
+                    ctx, request, upstream, backend, response, probe=probe, seconds=seconds
+                )
             try:
                 body = await upstream.read()
             except UpstreamTimeoutError:
-                upstream.release()
+                self._body_failed(ctx, backend, None if judged else probe, "body timed out")
+                judged = True
                 raise GatewayTimeout("upstream response body timed out") from None
-            except Exception:
-                upstream.release()
+            except Exception as exc:
+                self._body_failed(ctx, backend, None if judged else probe, f"body broken: {exc!r}")
+                judged = True
                 raise BadGateway(
                     "upstream closed the connection mid-body", code="bad_upstream_response"
                 ) from None
             upstream.release()
+            if seconds is not None:
+                self._pool.succeeded(backend, self._loop.time(), seconds, probe)
+                judged = True
             if ctx.method == "HEAD" or upstream.status in (204, 304):
-                response = self._bodiless(ctx, upstream, headers)
+                bodiless = self._bodiless(ctx, upstream, headers)
                 if status != upstream.status:
-                    response.set_status(status)
-                return response
+                    bodiless.set_status(status)
+                return bodiless
             ctx.bytes_out = len(body)
             return WireResponse(status, reason, headers, body)
-        return await self._stream(ctx, request, upstream, headers, status=status, reason=reason)
+        except BaseException:
+            # Whatever broke (a stage's response_edit included), the upstream connection must
+            # go: it cannot be reused mid-message, and an unreleased one is never reaped early.
+            upstream.release()
+            if not judged:
+                backend.state.breaker.cancel(probe)  # nothing was learnt about the backend
+            raise
+
+    def _body_failed(
+        self, ctx: RequestContext, backend: Backend, probe: bool | None, error: str
+    ) -> None:
+        """The response body broke: the backend failed this request after all (`probe`: its
+        verdict is still to be given; None: it was given at the head, a 5xx)."""
+        if probe is not None:
+            self._pool.failed(backend, self._loop.time(), probe)
+        log.get_logger("aiogate.proxy").warning(
+            log.BACKEND_ERROR, upstream=ctx.upstream, backend=ctx.backend,
+            request_id=ctx.request_id, error=f"response {error}",
+        )  # fmt: skip
 
     @staticmethod
     def _bodiless(
@@ -528,14 +658,12 @@ class Proxy:
         ctx: RequestContext,
         request: web.BaseRequest,
         upstream: UpstreamResponse,
-        headers: list[tuple[str, str]],
+        backend: Backend,
+        response: _Relayed,
         *,
-        status: int,
-        reason: str | None,
+        probe: bool,
+        seconds: float | None,
     ) -> web.StreamResponse:
-        response = _Relayed(status=status, reason=reason, headers=headers)
-        if upstream.content_length is not None:
-            response.content_length = upstream.content_length
         try:
             await response.prepare(request)
             sent = 0
@@ -545,18 +673,21 @@ class Proxy:
             ctx.bytes_out = sent
         except (ConnectionError, asyncio.CancelledError):
             upstream.release()  # the client went away: the upstream connection is not reusable
+            if seconds is not None:
+                backend.state.breaker.cancel(probe)  # no verdict on the backend
             raise
         except Exception as exc:
             # Headers are out: all that is left is to cut the client's connection so it sees a
             # truncated response rather than a complete-looking one.
             upstream.release()
-            log.get_logger("aiogate.proxy").warning(
-                log.BACKEND_ERROR, upstream=ctx.upstream, backend=ctx.backend,
-                request_id=ctx.request_id, error=f"response body broken: {exc!r}",
-            )  # fmt: skip
+            self._body_failed(
+                ctx, backend, None if seconds is None else probe, f"body broken: {exc!r}"
+            )
             transport = request.transport
             if transport is not None:
                 transport.abort()
-            raise ConnectionResetError("upstream response broken mid-body") from exc
+            raise UpstreamBodyBroken("upstream response broken mid-body") from exc
         upstream.release()
+        if seconds is not None:
+            self._pool.succeeded(backend, self._loop.time(), seconds, probe)
         return response

@@ -23,8 +23,10 @@ from aiohttp import hdrs, web
 
 from ..config import JsonBodyTransform, PathRewrite, RouteConfig, Transformations
 from ..context import RequestContext
+from ..errors import PayloadTooLarge
 from ..template import REQUEST_VARIABLES, VARIABLES, Part, Var, parse
 from . import Next
+from .proxy import answer_expectation
 from .wire import WireResponse
 
 __all__ = ["JsonEdit", "Template", "Transform", "compile_rewrite", "compile_template"]
@@ -270,6 +272,9 @@ class Transform:
     def _request_headers(self, ctx: RequestContext) -> None:
         drop = ctx.upstream_drop
         ctx.upstream_drop = drop | self._drop if drop else self._drop
+        if ctx.upstream_add:
+            # What auth adds (a rewritten Cookie, forwarded claims) obeys remove_headers too.
+            ctx.upstream_add = tuple(h for h in ctx.upstream_add if h[0].lower() not in self._drop)
         added: list[tuple[str, str]] = []
         if self._renames:
             incoming = ctx.request.headers
@@ -295,7 +300,15 @@ class Transform:
             )
         ):
             return
-        body = await request.read()
+        await answer_expectation(request)  # the client may be waiting to send the body
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            # Only if aiohttp's own cap (client_max_size, set to max_body_size by the server)
+            # is below the declared length: the client's answer is a 413, never a 500.
+            raise PayloadTooLarge(
+                f"request body of {length} bytes exceeds the limit of {self._max_body_size} bytes"
+            ) from None
         ctx.bytes_in = len(body)
         edited = edit(body)
         ctx.upstream_body = edited if edited is not None else body

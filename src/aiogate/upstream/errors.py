@@ -30,5 +30,6 @@ class _StaleConnectionError(UpstreamProtocolError):
     """A reused keep-alive connection died before a single response byte arrived.
 
     Usually the server closed it while it sat idle and the FIN crossed our request; the pool
-    may replay a replayable request once on a fresh connection.
+    replays it once on a fresh connection only if it is idempotent with a replayable body (the
+    request was written: the server may have acted on it), else it reaches the caller.
     """

@@ -12,7 +12,8 @@ Usage::
     await pool.close()
 
 The wire protocol lives in `http1.py` (request framing in `head.py`, errors in `errors.py`);
-this module does pooling, connecting and the one stale-connection retry. Errors map to gateway
+this module does pooling, connecting and the one stale-connection retry (idempotent requests
+with a replayable body only). Errors map to gateway
 statuses: `UpstreamConnectError` and `UpstreamProtocolError` -> 502, `UpstreamTimeoutError` ->
 504. ValueError means the caller passed something that cannot be framed safely (bad header,
 body length mismatch).
@@ -35,6 +36,7 @@ from .errors import (
 )
 from .head import BodyChunks, RequestBody, encode_head
 from .http1 import Http1Connection, UpstreamResponse
+from .retry import IDEMPOTENT_METHODS
 
 __all__ = [
     "BodyChunks",
@@ -150,9 +152,12 @@ class ConnectionPool:
             try:
                 return await conn.exchange(head, body, is_head, deadline, read_timeout)
             except _StaleConnectionError:
-                # The server closed the idle connection as we reused it. Replaying is safe
-                # only if nothing of a streamed body was consumed: never for a stream.
-                if body is not None and not body.replayable:
+                # The server closed the idle connection as we reused it. Usually it never saw
+                # the request, but it may have acted on it and died before answering: only a
+                # request that is safe to repeat (RFC 9110 §9.2.2), with a body that can be sent
+                # again (a stream is consumed), is replayed here. Anything else goes to the
+                # caller, whose retry policy knows the request was written.
+                if method not in IDEMPOTENT_METHODS or (body is not None and not body.replayable):
                     raise
         conn = await self._connect(loop, deadline, connect_timeout)
         return await conn.exchange(head, body, is_head, deadline, read_timeout)

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["BodyChunks", "RequestBody", "encode_head"]
+__all__ = ["BodyChunks", "RequestBody", "check_head", "encode_head"]
 
 BodyChunks = AsyncIterator[bytes]
 
@@ -80,9 +80,10 @@ def encode_head(
 
     Raises ValueError for anything that could change the message's framing: a method that is
     not a token, a target with spaces or controls, a header name that is not a token, a value
-    holding CR, LF or NUL. Content-Length / Transfer-Encoding / Connection from the caller are
-    dropped. Text is encoded as UTF-8 with surrogateescape, the inverse of how aiohttp's server
-    decodes incoming headers, so client bytes pass through unchanged.
+    holding CR, LF or NUL, text that has no UTF-8 form (a lone surrogate such as U+D800, which
+    surrogateescape does not cover). Content-Length / Transfer-Encoding / Connection from the
+    caller are dropped. Text is encoded as UTF-8 with surrogateescape, the inverse of how
+    aiohttp's server decodes incoming headers, so client bytes pass through unchanged.
     """
     if method not in _method_cache:
         if _token(method) is None:
@@ -119,4 +120,22 @@ def encode_head(
             if "\r" in value or "\n" in value or "\x00" in value:
                 raise ValueError(f"header {name!r} has CR, LF or NUL in its value")
         raise ValueError("CR, LF or NUL in the request head")  # pragma: no cover
-    return text.encode("utf-8", "surrogateescape")
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        # Name the culprit, never show the value: it may be a credential or a claim.
+        for name, value in headers:
+            try:
+                value.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raise ValueError(f"header {name!r} has a value with no UTF-8 form") from None
+        raise ValueError("the request target has no UTF-8 form") from None
+
+
+def check_head(method: str, target: str, headers: Sequence[tuple[str, str]]) -> None:
+    """Raise the ValueError `encode_head` would raise for this request, or nothing.
+
+    For a caller that sends the same request to several places: it can find out once, before
+    it picks any, whether the request can be sent at all.
+    """
+    encode_head(method, target, headers, None)

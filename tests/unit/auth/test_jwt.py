@@ -165,6 +165,17 @@ async def test_forward_claims_and_control_characters() -> None:
     assert await reason(v, token(claims(roles={"nested": 1}))) == "invalid_claim"
 
 
+async def test_claims_with_no_utf8_form_are_refused() -> None:
+    """JSON's "\\ud800" escape decodes to a lone surrogate: no header can carry it, so the
+    token is refused here (401), not left to fail at the upstream as the backend's fault."""
+    v = verifier(forward_claims={"sub": "X-User-Id", "roles": "X-Roles"})
+    assert await reason(v, token(claims(sub="a\ud800b"))) == "invalid_claim"
+    assert await reason(v, token(claims(roles=["ok", "\udfff"]))) == "invalid_claim"
+    # Real non-ASCII text is fine.
+    consumer = await v.verify(token(claims(sub="zoë 日本")))
+    assert dict(consumer.headers)["X-User-Id"] == "zoë 日本"
+
+
 async def test_cache_hits_until_exp() -> None:
     now = [time.time()]
     config = JwtConfig.model_validate({"secret": SECRET, "cache_ttl": "1h"})

@@ -11,6 +11,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from aiogate.config import JsonBodyTransform, PathRewrite, RouteConfig, Transformations
 from aiogate.context import RequestContext
+from aiogate.errors import PayloadTooLarge
 from aiogate.stages.transform import JsonEdit, Transform, compile_rewrite, compile_template
 from aiogate.template import TemplateError, Var, parse
 
@@ -106,6 +107,21 @@ async def test_request_side_sets_what_is_forwarded_only() -> None:
     assert ctx.response_edit is None  # nothing configured for the response
 
 
+async def test_remove_headers_applies_to_what_auth_added() -> None:
+    """Auth re-adds the client's cookies minus the token's: `remove_headers: [Cookie]` must
+    still remove them all (and a transform's own header replaces auth's)."""
+    stage = _stage({"request": {"remove_headers": ["Cookie"],
+                                "add_headers": {"X-User-Id": "fixed"}}})  # fmt: skip
+    ctx = context()
+    ctx.upstream_add = (("X-User-Role", "r"), ("Cookie", "a=1"), ("X-User-Id", "alice"))
+
+    async def terminal(c: RequestContext) -> web.StreamResponse:
+        return web.Response(text="ok")
+
+    await stage(ctx, terminal)
+    assert ctx.upstream_add == (("X-User-Role", "r"), ("X-User-Id", "fixed"))
+
+
 async def test_response_edit_maps_status_and_adds_headers() -> None:
     stage = _stage({"response": {
         "add_headers": {"X-Up": "${upstream}/${backend}"}, "remove_headers": ["Server"],
@@ -128,3 +144,38 @@ async def test_response_edit_maps_status_and_adds_headers() -> None:
     assert isinstance(response, web.Response)
     assert response.body == b'{"a":1,"gw":true}'
     assert ctx.bytes_out == len(response.body)
+
+
+class _Body:
+    """A request payload of one chunk (what BaseRequest.read() needs of a StreamReader)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._chunks = [data, b""]
+
+    def set_read_chunk_size(self, size: int) -> None:
+        pass
+
+    async def readany(self) -> bytes:
+        return self._chunks.pop(0)
+
+
+async def test_json_body_over_aiohttp_read_cap_is_a_413_not_a_500() -> None:
+    # The server sets aiohttp's client_max_size to max_body_size; were it ever lower than a
+    # body the stage reads whole, the client must get the contract's 413, never a 500.
+    body = orjson.dumps({"blob": "x" * 2000})
+    request = make_mocked_request(
+        "POST", "/v1/x",
+        headers={"Content-Type": "application/json", "Content-Length": str(len(body))},
+        payload=_Body(body), client_max_size=1024,  # type: ignore[arg-type]
+    )  # fmt: skip
+    ctx = RequestContext(
+        request=request, request_id="rid-1", method="POST", path="/v1/x", query="",
+        client_ip="192.0.2.1", forwarded_for="192.0.2.1", started=0.0,
+    )  # fmt: skip
+    stage = _stage({"request": {"json_body": {"add": {"gw": True}, "max_size": "1MiB"}}})
+
+    async def terminal(c: RequestContext) -> web.StreamResponse:
+        raise AssertionError("not reached")
+
+    with pytest.raises(PayloadTooLarge):
+        await stage(ctx, terminal)

@@ -25,6 +25,7 @@ from aiogate.upstream.forward import (
     UpstreamProtocolError,
     UpstreamTimeoutError,
 )
+from aiogate.upstream.head import check_head
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 MakePool = Callable[..., ConnectionPool]
@@ -271,6 +272,20 @@ async def test_injection_rejected(
     pool = make_pool(9)
     with pytest.raises(ValueError, match=r"invalid|CR, LF or NUL"):
         await pool.request(method, target, headers, None, deadline=deadline())
+    assert pool.in_use == 0
+
+
+async def test_unencodable_header_rejected_naming_the_header_not_the_value(
+    make_pool: MakePool,
+) -> None:
+    pool = make_pool(9)  # never contacted
+    headers = [("X-Ok", "fine"), ("X-User-Id", "secret\ud800")]
+    with pytest.raises(ValueError, match="'X-User-Id'") as info:
+        await pool.request("GET", "/", headers, None, deadline=deadline())
+    assert "secret" not in str(info.value)
+    with pytest.raises(ValueError, match="'X-User-Id'"):
+        check_head("GET", "/", headers)
+    check_head("GET", "/", [("X-Bytes", "\udcff")])  # surrogateescape'd client bytes pass
     assert pool.in_use == 0
 
 
@@ -573,6 +588,22 @@ async def test_stale_connection_retried_once(raw_upstream: MakeRaw, make_pool: M
         resp.release()
     # 1st: fresh. 2nd: reused -> closed unanswered -> replayed on a fresh connection.
     assert server.connections == 2
+    assert pool.in_use == 0
+
+
+@pytest.mark.parametrize("method", ["POST", "PATCH"])
+async def test_stale_connection_not_replayed_for_non_idempotent_methods(
+    raw_upstream: MakeRaw, make_pool: MakePool, method: str
+) -> None:
+    """The request was written: the server may have acted on it before dying. Only the caller
+    (the proxy's retry policy) may decide, and it never repeats a POST."""
+    server = await raw_upstream(close_second_request_on_each_connection())
+    pool = make_pool(server.port)
+    resp = await pool.request("GET", "/", [], None, deadline=deadline())
+    assert await resp.read() == b"a"
+    with pytest.raises(UpstreamProtocolError, match="closed before answering"):
+        await pool.request(method, "/", [], RequestBody(data=b"pay"), deadline=deadline())
+    assert server.connections == 1
     assert pool.in_use == 0
 
 
