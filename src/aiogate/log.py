@@ -15,7 +15,7 @@ import select
 import sys
 import time
 from collections.abc import Mapping
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from typing import Any, ClassVar, Final, TextIO
 
 import orjson
@@ -44,7 +44,6 @@ __all__ = [
     "RATELIMIT_BACKEND_RESTORED",
     "RATELIMIT_REJECTED",
     "RETRY",
-    "UPSTREAM_ERROR",
     "CONFIG_RESTART_REQUIRED",
     "RUNTIME_DRAIN_TIMEOUT",
     "WORKERS_NOT_READY",
@@ -62,7 +61,6 @@ __all__ = [
     "configure",
     "flush",
     "get_logger",
-    "unbind_request",
 ]
 
 # Event names: every state change is a named event (DESIGN.md, house style 10).
@@ -80,7 +78,6 @@ SHUTDOWN_COMPLETE: Final = "shutdown_complete"
 WORKER_STARTED: Final = "worker_started"
 WORKER_EXITED: Final = "worker_exited"
 BACKEND_ERROR: Final = "upstream_error"
-UPSTREAM_ERROR: Final = BACKEND_ERROR
 INTERNAL_ERROR: Final = "internal_error"
 RATELIMIT_BACKEND_DEGRADED: Final = "ratelimit_backend_degraded"
 RATELIMIT_BACKEND_RESTORED: Final = "ratelimit_backend_restored"
@@ -119,18 +116,14 @@ _FLUSH_INTERVAL: Final = 0.1
 _FLUSH_SIZE: Final = 64 * 1024
 
 # (request_id, trace_id) of the request being served by the current task: every structlog line
-# logged while serving carries both. Each request runs in its own task (its own context copy),
-# and the server resets the variable when the request ends.
+# logged while serving carries both. aiohttp runs each request in a task of its own, with its
+# own copy of the context, so the binding ends with the request without being reset.
 _REQUEST_IDS: ContextVar[tuple[str, str] | None] = ContextVar("aiogate_request_ids", default=None)
 
 
-def bind_request(request_id: str, trace_id: str = "") -> Token[tuple[str, str] | None]:
+def bind_request(request_id: str, trace_id: str = "") -> None:
     """Bind the ids of the request served by this task to every line it logs."""
-    return _REQUEST_IDS.set((request_id, trace_id))
-
-
-def unbind_request(token: Token[tuple[str, str] | None]) -> None:
-    _REQUEST_IDS.reset(token)
+    _REQUEST_IDS.set((request_id, trace_id))
 
 
 def _add_request_ids(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

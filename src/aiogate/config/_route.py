@@ -8,6 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BeforeValidator, Field, field_validator, model_validator
 
+from ..headers import GATEWAY_REQUEST_HEADERS, GATEWAY_RESPONSE_HEADERS, HOP_BY_HOP
 from ..template import REQUEST_VARIABLES, VARIABLES, TemplateError
 from ..template import parse as parse_template
 from ._access import IpRulesConfig
@@ -76,15 +77,8 @@ def _claim_rule(claim: str, rule: Any) -> Any:
 
 # Headers a transformation may never add, remove or rename: hop-by-hop fields (RFC 9110
 # §7.6.1) and those the gateway owns (framing, X-Forwarded-*, X-Request-ID).
-_HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-connection", "proxy-authenticate",
-     "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"}
-)  # fmt: skip
-_REQUEST_OWNED = _HOP_BY_HOP | {
-    "host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-    "x-request-id",
-}  # fmt: skip
-_RESPONSE_OWNED = _HOP_BY_HOP | {"content-length", "x-request-id"}
+_REQUEST_OWNED = HOP_BY_HOP | GATEWAY_REQUEST_HEADERS
+_RESPONSE_OWNED = HOP_BY_HOP | GATEWAY_RESPONSE_HEADERS
 _MAX_REWRITE_PATTERN = 256
 _REWRITE_GROUP_REF = re.compile(r"\\(\d+)|\\g<([^>]*)>")
 _REWRITE_PATH = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%/]*")

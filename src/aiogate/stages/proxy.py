@@ -32,6 +32,7 @@ from ..errors import (
     ServiceUnavailable,
     UpstreamBodyBroken,
 )
+from ..headers import GATEWAY_REQUEST_HEADERS, GATEWAY_RESPONSE_HEADERS, HOP_BY_HOP
 from ..metrics import UPSTREAM_RETRIES, RequestRecorder
 from ..upstream.forward import (
     RequestBody,
@@ -55,30 +56,10 @@ __all__ = [
 #: Bodies up to this size are read whole: cheaper than streaming, and replayable.
 _BUFFER_LIMIT: Final = 64 * 1024
 
-# RFC 9110 §7.6.1 hop-by-hop fields, plus the legacy ones real clients still send.
-_HOP_BY_HOP: Final = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-# Headers the gateway sets itself upstream: whatever the client sent under these names is
-# replaced, and naming them in `Connection` cannot make the gateway drop its own values.
-_GATEWAY_SET: Final = frozenset(
-    {"host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-     "x-request-id"}
-)  # fmt: skip
 # `Expect` is answered by the gateway itself (`answer_expectation`): an upstream asked to send
 # `100 Continue` would only delay the exchange, the body being on its way already.
-_REQUEST_DROP: Final = _HOP_BY_HOP | _GATEWAY_SET | {"expect"}
-_RESPONSE_DROP: Final = _HOP_BY_HOP | {"content-length", "x-request-id"}
+_REQUEST_DROP: Final = HOP_BY_HOP | GATEWAY_REQUEST_HEADERS | {"expect"}
+_RESPONSE_DROP: Final = HOP_BY_HOP | GATEWAY_RESPONSE_HEADERS
 
 _Prepare = Callable[[], Awaitable[None]]
 
@@ -130,7 +111,7 @@ def filter_request_headers(
     source = headers.headers if isinstance(headers, web.BaseRequest) else headers
     named = source.getall(hdrs.CONNECTION, ())
     if named:
-        extra = set().union(*(_connection_tokens(v) for v in named)) - _GATEWAY_SET
+        extra = set().union(*(_connection_tokens(v) for v in named)) - GATEWAY_REQUEST_HEADERS
         drop = drop | extra
     return [(name, value) for name, value in source.items() if name.lower() not in drop]
 

@@ -118,6 +118,11 @@ class ConnectionPool:
         return self._in_use
 
     @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of an https origin (health checks connect with the same one)."""
+        return self._ssl
+
+    @property
     def idle(self) -> int:
         return len(self._idle)
 

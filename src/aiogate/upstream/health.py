@@ -61,7 +61,7 @@ class HealthChecker:
                     max_idle=1,
                     idle_timeout=max(config.interval * 2, 1.0),
                     connect_timeout=config.timeout,
-                    ssl_context=backend.connections._ssl,
+                    ssl_context=backend.connections.ssl_context,
                     server_name=pool.config.tls.server_name,
                 )
 
