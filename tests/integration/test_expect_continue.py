@@ -16,7 +16,15 @@ import pytest
 from backend import BackendThread
 from gateway import Gateway
 from gwconfigs import basic_config
-from wire import assert_gateway_error, connect, new_id, parse, read_reply, seen_with
+from wire import (
+    assert_gateway_error,
+    connect,
+    new_id,
+    parse,
+    read_reply,
+    recv_all,
+    seen_with,
+)
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -94,7 +102,7 @@ def test_refused_request_gets_its_answer_instead_of_100_continue(
     rid = new_id()
     with connect(xgw.port, timeout=5) as sock:
         sock.sendall(_head("/keyed/up", rid, 1000, "Expect: 100-continue"))
-        reply = parse(_interim(sock) + _rest(sock))
+        reply = parse(_interim(sock) + recv_all(sock))
     assert_gateway_error(reply, 401, "unauthorized")
     assert not seen_with(backends, rid)
 
@@ -116,20 +124,7 @@ def test_http10_expectation_is_ignored(xgw: Gateway, backends: BackendThread) ->
     head = _head("/api/users/up", rid, 3, "Expect: 100-continue").replace(b"HTTP/1.1", b"HTTP/1.0")
     with connect(xgw.port, timeout=5) as sock:
         sock.sendall(head + b"abc")
-        data = _interim(sock) + _rest(sock)
+        data = _interim(sock) + recv_all(sock)
     assert data.startswith(b"HTTP/1.0 200"), data[:200]
     (seen,) = seen_with(backends, rid)
     assert seen["body_len"] == 3
-
-
-def _rest(sock: socket.socket) -> bytes:
-    chunks = []
-    while True:
-        try:
-            data = sock.recv(65536)
-        except (ConnectionResetError, TimeoutError):
-            break
-        if not data:
-            break
-        chunks.append(data)
-    return b"".join(chunks)
