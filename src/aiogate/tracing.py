@@ -133,6 +133,11 @@ class Tracing:
         error = self._error
 
         async def traced(ctx: RequestContext) -> web.StreamResponse:
+            request_span = ctx.span
+            if request_span is None or not request_span.is_recording():
+                # An unsampled request (most of them at a 1-10 % ratio): a child span would
+                # record nothing, so none is made; the upstream attempt still propagates.
+                return await stage(ctx, call_next)
             span = tracer.start_span(name, kind=internal)
             token: Any = attach(with_span(span))
             open_ = True

@@ -135,3 +135,23 @@ def test_tracing_config_validation() -> None:
         TracingConfig(endpoint="collector:4318")
     with pytest.raises(ValueError, match="less than or equal"):
         TracingConfig(sample_ratio=1.5)
+
+
+async def test_unsampled_requests_make_no_stage_spans(monkeypatch: Any) -> None:
+    tracing, exporter = make_tracing(sample_ratio=0.0)
+    started: list[str] = []
+    real = tracing._tracer.start_span
+
+    def counting(name: str, *args: Any, **kwargs: Any) -> Any:
+        started.append(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(tracing._tracer, "start_span", counting)
+    seen = await run_request(tracing, make_ctx(), [_Stage("auth"), _Stage("ratelimit")])
+    # The request and the upstream attempt (which carries the unsampled trace context on);
+    # no span at all for the stages.
+    assert started == ["GET", "upstream"]
+    flags = int(dict(seen["headers"])["traceparent"].rsplit("-", 1)[1], 16)
+    assert not flags & 1  # propagated as not sampled
+    assert exporter.get_finished_spans() == ()
+    tracing.shutdown(grace=0.1)
