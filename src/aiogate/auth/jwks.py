@@ -130,7 +130,11 @@ class JwksKeySet:
     async def run(self) -> None:
         """The background refresh loop (owned, started and cancelled by AuthServices)."""
         while True:
-            ok = await self.refresh()
+            # Under the lock an unknown-kid lookup takes: a request arriving while this fetch
+            # runs (the first one, right after start) waits for its keys instead of finding
+            # the cooldown started and answering 401.
+            async with self._lock:
+                ok = await self.refresh()
             await asyncio.sleep(self._refresh if ok else min(self._refresh, _RETRY_AFTER_FAILURE))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from typing import Any
@@ -157,3 +158,26 @@ async def test_a_reloaded_key_set_starts_with_the_keys_already_fetched() -> None
     other = JwksKeySet("elsewhere", endpoint, refresh=300, cooldown=0, clock=clock)
     other.adopt(old)  # a different URL: its keys are not this issuer's
     assert other.kids == set()
+
+
+async def test_a_lookup_during_the_background_fetch_waits_for_its_keys() -> None:
+    # Right after start the refresh task's first fetch is in flight; a token arriving then must
+    # get the keys it brings, not a 401 because the unknown-kid cooldown has just begun.
+    gate = asyncio.Event()
+    document = json.dumps({"keys": [jwk(rsa_key(), "k1", "RS256")]}).encode()
+
+    async def slow_fetch(url: str) -> bytes:
+        await gate.wait()
+        return document
+
+    keyset = JwksKeySet("u", slow_fetch, refresh=300, cooldown=30, clock=Clock())
+    runner = asyncio.create_task(keyset.run())
+    await asyncio.sleep(0)  # the first fetch is now in flight
+    lookup = asyncio.create_task(keyset.keys_for("k1", "RS256"))
+    await asyncio.sleep(0)
+    gate.set()
+    assert await asyncio.wait_for(lookup, 5)
+    assert keyset.fetches == 1
+    runner.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await runner
