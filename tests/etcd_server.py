@@ -9,25 +9,20 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from server_process import ServerProcess, free_port
 
 
 def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-class EtcdServer:
+class EtcdServer(ServerProcess):
     def __init__(self, workdir: Path) -> None:
         binary = shutil.which("etcd") or (
             "/usr/bin/etcd" if Path("/usr/bin/etcd").exists() else None
@@ -35,8 +30,8 @@ class EtcdServer:
         if binary is None:
             raise RuntimeError("etcd not found: apt-get install -y etcd-server")
         self.binary = binary
-        self.client_port = _free_port()
-        self.peer_port = _free_port()
+        self.client_port = free_port()
+        self.peer_port = free_port()
         self.workdir = workdir
         self.data_dir = workdir / "etcd-data"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -105,24 +100,3 @@ class EtcdServer:
         """Compact away every revision before the current one."""
         revision = self.call("/v3/kv/range", {"key": _b64("\0")})["header"]["revision"]
         self.call("/v3/kv/compaction", {"revision": revision, "physical": True})
-
-    # -- lifecycle -----------------------------------------------------------------------------
-    def kill(self) -> None:
-        """Stop hard (SIGKILL), as a crash would: open watch streams just break."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def restart(self) -> None:
-        """Kill, then start again on the same ports and data (registrations survive)."""
-        self.kill()
-        self.start()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
