@@ -5,7 +5,6 @@ from __future__ import annotations
 import configparser
 import os
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from gwconfigs import basic_config
 from yaml_dump import dump
 
 import aiogate
+from needs import needs_tool
 
 AIOGATE = Path(sys.executable).with_name("aiogate")
 UNIT = ROOT / "systemd" / "aiogate.service"
@@ -211,7 +211,7 @@ def test_systemd_unit_settings() -> None:
     assert unit()["Install"]["WantedBy"] == "multi-user.target"
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not found")
+@needs_tool("systemd-analyze", "systemd")
 def test_systemd_unit_verifies(tmp_path: Path) -> None:
     # verify checks that the binaries exist: point them at this checkout's console script
     text = UNIT.read_text().replace("/usr/local/bin/aiogate", str(AIOGATE))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,8 @@ from gateway import Gateway
 from gwconfigs import basic_config
 from metrics_support import Scrape, scrape
 from ruamel.yaml import YAML
+
+from needs import needs_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "aiogate.json"
@@ -91,7 +92,7 @@ def test_alert_rules_parse_and_reference_real_metrics(live: Scrape) -> None:
     _check_names([r["expr"] for r in alerts.values()], live)
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+@needs_tool("promtool", "prometheus")
 def test_alert_rules_pass_promtool() -> None:
     result = subprocess.run(
         ["promtool", "check", "rules", str(ALERTS)], capture_output=True, text=True, check=False
@@ -99,7 +100,7 @@ def test_alert_rules_pass_promtool() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
+@needs_tool("promtool", "prometheus")
 def test_alert_rules_fire_in_promtool_unit_test(tmp_path: Path) -> None:
     """The rules fire on series shaped like aiogate's (promtool's rule unit tests)."""
     tests = {
