@@ -51,6 +51,13 @@ def _check(path: Path) -> int:
 def _run(path: Path) -> int:
     import uvloop
 
+    from .aiohttp_compat import ParserUnavailable, require_c_parser
+
+    try:
+        require_c_parser()
+    except ParserUnavailable as exc:
+        print(f"aiogate: cannot start: {exc}", file=sys.stderr)
+        return 1
     config = _load(path)
     if config is None:
         return 1

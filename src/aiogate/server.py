@@ -174,6 +174,8 @@ class GatewayServer:
             )
             runtime.recorder.error(InternalError.code)
             response = render_error(InternalError("internal gateway error"), request_id)
+        if request.message.upgrade:
+            _close_after_unsupported_upgrade(request, response)
         self._record(runtime, ctx, response.status, now=time.perf_counter())
         return response
 
@@ -214,13 +216,37 @@ def _check_framing(request: web.BaseRequest) -> None:
     `HTTP/2.0`. And a transfer coding before `chunked` (`gzip, chunked`) is not decoded by
     aiohttp while the gateway re-frames the body, so the coding would be silently dropped and
     the upstream would take coded bytes for the content (RFC 9112 §6.1: reject what is not
-    understood).
+    understood). HTTP/1.0 with Transfer-Encoding is refused too (same section).
     """
-    if request.version not in _VERSIONS:
+    version = request.version
+    if version not in _VERSIONS:
         raise BadRequest("unsupported HTTP version")
     te = request.headers.get(hdrs.TRANSFER_ENCODING)
-    if te is not None and te.strip().lower() != "chunked":
-        raise BadRequest("unsupported transfer coding")
+    if te is not None:
+        # RFC 9112 §6.1: Transfer-Encoding in an HTTP/1.0 message is faulty framing (a 1.0
+        # hop on the way never understood it), so it is refused rather than re-framed.
+        if version == HttpVersion10:
+            raise BadRequest("Transfer-Encoding is not allowed in an HTTP/1.0 request")
+        if te.strip().lower() != "chunked":
+            raise BadRequest("unsupported transfer coding")
+
+
+def _close_after_unsupported_upgrade(
+    request: web.BaseRequest, response: web.StreamResponse
+) -> None:
+    """Close the connection after a request that asked to switch to another protocol.
+
+    The `Upgrade` itself is ignored (dropped as hop-by-hop, the request is served as plain
+    HTTP/1.1), as RFC 9110 §7.8 allows. But when the head also names `upgrade` in
+    `Connection`, aiohttp's parser (llhttp) stops at the end of that request and discards
+    whatever the client pipelined after it in the same read, so those requests would never be
+    answered and the client would wait for the idle timeout. Closing after the response tells
+    the client at once to send them again on a new connection (RFC 9112 §9.3.2), which every
+    pipelining client must be ready to do. WebSocket upgrades are handled by aiohttp itself.
+    """
+    upgrade = request.headers.get(hdrs.UPGRADE, "")
+    if upgrade.strip().lower() != "websocket":
+        response.force_close()
 
 
 def _origin_form(raw_path: str) -> str:
@@ -363,6 +389,12 @@ class _Protocol(RequestHandler):
         """Malformed requests get the contract's JSON error; nothing reaches a backend."""
         if request.writer.output_size > 0:
             raise ConnectionError("response already started")
+        if isinstance(exc, ConnectionError):
+            # The client went away (mid-body, say): the handler already logged and counted
+            # the request as 499. Not an internal error: anyone could inflate the 5xx rate.
+            response = web.Response(status=499)
+            response.force_close()
+            return response
         error: GatewayError
         if isinstance(exc, LineTooLong) or (
             isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc)

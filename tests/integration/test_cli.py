@@ -226,3 +226,18 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "aiogate.service" not in result.stderr, result.stderr
+
+
+def test_run_refuses_to_start_without_aiohttp_c_parser(
+    backends: BackendThread, tmp_path: Path
+) -> None:
+    """aiohttp's pure-Python parser is laxer than llhttp: the daemon will not serve with it."""
+    path = tmp_path / "gw.yaml"
+    config = basic_config(backends)
+    config["server"] = {"listen": f"127.0.0.1:{free_port()}"}
+    path.write_text(dump(config))
+    result = run_cli("run", "-c", str(path), env={**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"})
+    assert result.returncode == 1, result.stderr
+    assert "C HTTP parser is not active" in result.stderr
+    assert "AIOHTTP_NO_EXTENSIONS" in result.stderr
+    no_traceback(result)

@@ -474,24 +474,24 @@ class Proxy:
 
     async def _request_body(self, ctx: RequestContext) -> RequestBody | None:
         request = ctx.request
-        await answer_expectation(request)
         if ctx.upstream_body is not None:  # a transformed body (read whole by the stage)
             return RequestBody(data=ctx.upstream_body, chunks=None, length=len(ctx.upstream_body))
+        length = request.content_length
+        # A declared length over the limit is refused before `100 Continue`: a client waiting
+        # for it must get the final 413, not an invitation to send what will be refused.
+        if length is not None and length > self._max_body_size:
+            raise PayloadTooLarge(
+                f"request body of {length} bytes exceeds the limit of {self._max_body_size} bytes"
+            )
+        await answer_expectation(request)
         if not request.body_exists:
             if ctx.method in ("POST", "PUT", "PATCH"):
                 return RequestBody(data=b"", chunks=None, length=0)
             return None
-        length = request.content_length
-        if length is not None:
-            if length > self._max_body_size:
-                raise PayloadTooLarge(
-                    f"request body of {length} bytes exceeds the limit of "
-                    f"{self._max_body_size} bytes"
-                )
-            if length <= _BUFFER_LIMIT:
-                data = await request.read()
-                ctx.bytes_in = len(data)
-                return RequestBody(data=data, chunks=None, length=len(data))
+        if length is not None and length <= _BUFFER_LIMIT:
+            data = await request.read()
+            ctx.bytes_in = len(data)
+            return RequestBody(data=data, chunks=None, length=len(data))
         return RequestBody(data=None, chunks=self._stream_body(ctx), length=length)
 
     async def _stream_body(self, ctx: RequestContext) -> AsyncIterator[bytes]:
