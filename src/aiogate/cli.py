@@ -9,15 +9,12 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Final
 
 from . import __version__
 from .config import ConfigError, GatewayConfig, load_config
+from .worker_env import WORKER_ENV
 
-__all__ = ["WORKER_ENV", "main"]
-
-#: Set by the supervisor in each worker's environment (the worker's index).
-WORKER_ENV: Final = "AIOGATE_WORKER_ID"
+__all__ = ["main"]
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -23,11 +23,11 @@ from aiohttp import web
 
 from . import log, sdnotify
 from .admin import ReloadOutcome, make_admin_app
-from .cli import WORKER_ENV
 from .config import ConfigError, ConfigIssue, GatewayConfig, load_config
 from .metrics import CONFIG_RELOADS, config_loaded
 from .reload import configure_logging
 from .watch import ConfigWatcher
+from .worker_env import WORKER_ENV
 
 __all__ = ["Supervisor"]
 

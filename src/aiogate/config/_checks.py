@@ -9,14 +9,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ._auth import AuthConfig
 from ._route import RouteConfig
 from ._upstream import UpstreamConfig
-
-if TYPE_CHECKING:
-    from .model import RedisConfig
 
 __all__ = ["Path", "PathIssue", "Sections", "format_path", "reference_issues"]
 
@@ -50,12 +46,12 @@ class Sections:
     redis: bool
 
     @classmethod
-    def of(cls, auth: AuthConfig, redis: RedisConfig | None) -> Sections:
+    def of(cls, auth: AuthConfig, *, redis: bool) -> Sections:
         return cls(
             jwt=auth.jwt is not None,
             api_key=auth.api_key is not None,
             api_key_in_redis=auth.api_key is not None and auth.api_key.store == "redis",
-            redis=redis is not None,
+            redis=redis,
         )
 
 

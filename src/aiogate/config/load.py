@@ -90,7 +90,7 @@ def _references(data: dict[str, Any], config: GatewayConfig | None) -> list[Path
         return reference_issues(
             list(enumerate(config.upstreams)),
             list(enumerate(config.routes)),
-            Sections.of(config.auth, config.redis),
+            Sections.of(config.auth, redis=config.redis is not None),
         )
     raw_upstreams = _items(data.get("upstreams"))
     names = [

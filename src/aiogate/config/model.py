@@ -189,7 +189,7 @@ class GatewayConfig(Model):
         issues = reference_issues(
             list(enumerate(self.upstreams)),
             list(enumerate(self.routes)),
-            Sections.of(self.auth, self.redis),
+            Sections.of(self.auth, redis=self.redis is not None),
         )
         if issues:
             fail("; ".join(f"{format_path(path)}: {message}" for path, message in issues))

@@ -9,7 +9,7 @@ from .bucket import SLIDING_WINDOW, TOKEN_BUCKET
 
 if TYPE_CHECKING:
     from ..context import RequestContext
-    from .local import Store
+    from .store import Store
 
 __all__ = ["Limit", "Limiter", "Verdict"]
 

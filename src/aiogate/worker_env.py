@@ -1,0 +1,14 @@
+"""How the supervisor tells a worker process who it is: one environment variable.
+
+A leaf module so that both sides (the command line, which must decide before anything imports
+prometheus_client, and the supervisor) can use it without importing each other.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["WORKER_ENV"]
+
+#: Set by the supervisor in each worker's environment (the worker's index).
+WORKER_ENV: Final = "AIOGATE_WORKER_ID"
