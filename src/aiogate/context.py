@@ -1,17 +1,17 @@
-"""Per-request state: one typed, slotted object instead of string-keyed dicts."""
+"""Per-request state: one typed, slotted object instead of string-keyed dicts.
+
+It knows nothing of the Runtime or of tracing (a leaf of the import graph): stages that need a
+service get it when their chain is built, not through the request.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
-
-if TYPE_CHECKING:
-    from .runtime_types import CompiledRoute
-    from .tracing import Tracing
 
 __all__ = ["RequestContext"]
 
@@ -34,7 +34,8 @@ class RequestContext:
     started: float
     #: The socket peer is a trusted proxy: its X-Forwarded-Proto/Host are believed too.
     via_trusted_proxy: bool = False
-    route: CompiledRoute | None = None
+    #: The matched route's `route` label (its name, else its path); "" until routed.
+    route_label: str = ""
     params: Mapping[str, str] = field(default_factory=lambda: _NO_PARAMS)
     upstream: str = ""
     backend: str = ""
@@ -61,7 +62,6 @@ class RequestContext:
     #: Called by the proxy on the relayed response head before it is sent (streamed or not):
     #: may edit the header pairs in place; returns the status to send.
     response_edit: Callable[[RequestContext, int, list[tuple[str, str]]], int] | None = None
-    #: Set only when tracing is on: the Runtime's Tracing, the request span, its trace id.
-    tracing: Tracing | None = None
+    #: Set only when tracing is on: the request span and its trace id.
     span: Any = None
     trace_id: str = ""

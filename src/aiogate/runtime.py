@@ -104,6 +104,7 @@ class Runtime:
                 budget=None if route.retries is not None else budgets[upstream.name],
                 fallback=breaker.fallback if breaker.enabled else None,
                 drop=claim_headers,
+                tracing=self.tracing,
             )
             stages: list[Stage] = []
             ip_rules = self.ip_rules.stage(route)

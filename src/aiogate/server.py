@@ -182,10 +182,10 @@ class GatewayServer:
     @staticmethod
     def _record(runtime: Runtime, ctx: RequestContext, status: int, *, now: float) -> None:
         duration = now - ctx.started
-        route = ctx.route.label if ctx.route is not None else ""
+        route = ctx.route_label
         runtime.recorder.request(route, ctx.method, status, duration)
-        if ctx.tracing is not None:
-            ctx.tracing.end_request(ctx, status)
+        if runtime.tracing is not None:
+            runtime.tracing.end_request(ctx, status)
         log.access(
             {
                 "request_id": ctx.request_id,

@@ -96,7 +96,6 @@ class Tracing:
         )
         # The request's own task: the attached context dies with it, no detach needed.
         self._attach(self._with_span(span, parent))
-        ctx.tracing = self
         ctx.span = span
         ctx.trace_id = f"{span.get_span_context().trace_id:032x}"
 
@@ -106,7 +105,7 @@ class Tracing:
             return
         ctx.span = None
         if span.is_recording():
-            route = ctx.route.label if ctx.route is not None else ""
+            route = ctx.route_label
             if route:
                 span.update_name(f"{ctx.method} {route}")
                 span.set_attribute("http.route", route)

@@ -11,7 +11,7 @@ import asyncio
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from aiohttp import hdrs, web
 from aiohttp.http import HttpVersion11
@@ -44,6 +44,9 @@ from ..upstream.head import check_head
 from ..upstream.pool import Backend, NoBackendAvailable, UpstreamPool
 from ..upstream.retry import IDEMPOTENT_METHODS, RetryBudget, backoff_delay
 from .wire import WireResponse
+
+if TYPE_CHECKING:
+    from ..tracing import Tracing
 
 __all__ = [
     "ClientBodyError",
@@ -196,8 +199,11 @@ class Proxy:
         fallback: FallbackResponseConfig | None = None,
         rng: random.Random | None = None,
         drop: frozenset[str] = frozenset(),
+        tracing: Tracing | None = None,
     ) -> None:
         self._pool = pool
+        #: The Runtime's tracing when it is on: a span (and traceparent) per upstream attempt.
+        self._tracing = tracing
         # `drop`: lower-case client headers never forwarded on any route (the names the
         # gateway fills from JWT claims: a public route's upstream must not take a client's
         # X-User-Id for one the gateway vouched for).
@@ -357,7 +363,7 @@ class Proxy:
         target = backend.base_path + target
         # Each attempt is its own span (which also injects its traceparent) and is counted in
         # the backend's in-flight gauge, from sending until the response head is in.
-        tracing = ctx.tracing
+        tracing = self._tracing
         span = tracing.start_attempt(ctx, headers, attempt=attempt) if tracing else None
         in_flight = self._recorder.in_flight(ctx.upstream, ctx.backend)
         in_flight.inc()

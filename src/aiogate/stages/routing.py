@@ -28,7 +28,7 @@ class Routing:
         found = self._router.match(ctx.method, ctx.path)
         if isinstance(found, Match):
             route = found.target
-            ctx.route = route
+            ctx.route_label = route.label
             ctx.params = found.params
             return await route.handler(ctx)
         if found.allowed:
@@ -50,6 +50,6 @@ class Routing:
         found = self._router.match(asked.strip().upper(), ctx.path)
         if not isinstance(found, Match) or not found.target.cors:
             return None
-        ctx.route = found.target
+        ctx.route_label = found.target.label
         ctx.params = found.params
         return found.target

@@ -49,7 +49,7 @@ _GETTERS: Final[Mapping[str, Getter]] = {
     "latency": _latency,
     "request_id": lambda ctx: ctx.request_id,
     "consumer": lambda ctx: _clean(ctx.consumer) if ctx.consumer else "",
-    "route": lambda ctx: ctx.route.label if ctx.route is not None else "",
+    "route": lambda ctx: ctx.route_label,
     "client_ip": lambda ctx: ctx.client_ip,
     "upstream": lambda ctx: ctx.upstream,
     "backend": lambda ctx: ctx.backend,
