@@ -13,19 +13,18 @@ from aiohttp import web
 
 from .auth import AuthServices
 from .config import GatewayConfig
+from .iprules import IpRulesPlan
 from .metrics import RECORDER, set_build_info
 from .netmatch import NetworkSet
 from .ratelimit import RateLimitPlan
 from .redisconn import make_redis
 from .router import Router
 from .runtime_types import CompiledRoute
-from .stages import Next, Stage, compose
+from .stages import Next
 from .stages.auth import claim_header_names
-from .stages.cors import Cors
-from .stages.ip_rules import IpRulesPlan
-from .stages.proxy import Proxy
+from .stages.build import Services, build_chain
+from .stages.cors import policy_for as cors_policy_for
 from .stages.routing import Routing
-from .stages.transform import Transform
 from .tracing import Tracing
 from .upstream.health import HealthChecker
 from .upstream.pool import UpstreamPool
@@ -86,46 +85,22 @@ class Runtime:
         self.ratelimit = RateLimitPlan(config, self.redis)
         #: Global IP rules compiled once; each route's stage adds its own (None: no stage).
         self.ip_rules = IpRulesPlan(config.ip_rules)
-        #: Headers the gateway fills from JWT claims: never taken from a client, on any route.
-        claim_headers = claim_header_names(config.auth)
+        services = Services(
+            config=config,
+            pools=self.pools,
+            budgets=budgets,
+            auth=self.auth,
+            ratelimit=self.ratelimit,
+            ip_rules=self.ip_rules,
+            recorder=self.recorder,
+            tracing=self.tracing,
+            claim_headers=claim_header_names(config.auth),
+        )
         routes: list[tuple[str, frozenset[str] | None, CompiledRoute]] = []
         for route in config.routes:
-            pool = self.pools[route.upstream]
-            upstream = pool.config
-            breaker = upstream.circuit_breaker or config.circuit_breaker
-            terminal = Proxy(
-                pool,
-                timeout=route.timeout if route.timeout is not None else upstream.timeout,
-                max_body_size=config.server.max_body_size,
-                recorder=self.recorder,
-                connect_timeout=route.connect_timeout,  # None: the upstream's
-                read_timeout=route.read_timeout or upstream.read_timeout,
-                retries=route.retries or upstream.retries,
-                budget=None if route.retries is not None else budgets[upstream.name],
-                fallback=breaker.fallback if breaker.enabled else None,
-                drop=claim_headers,
-                tracing=self.tracing,
-            )
-            stages: list[Stage] = []
-            ip_rules = self.ip_rules.stage(route)
-            if ip_rules is not None:  # first: a denied client reaches nothing else
-                stages.append(ip_rules)
-            cors = route.cors or config.cors
-            if cors is not None:  # before auth: preflights carry no credentials
-                stages.append(Cors(cors, route.methods))
-            if route.auth is not None:
-                stages.append(self.auth.stage(route))
-            limiter = self.ratelimit.stage(route)
-            if limiter is not None:
-                stages.append(limiter)
-            transform = route.transformations
-            if transform is not None and (transform.request or transform.response):
-                stages.append(
-                    Transform(transform, route, max_body_size=config.server.max_body_size)
-                )
-            compiled = CompiledRoute(
-                route.label, route, compose(stages, terminal, wrap=wrap), cors=cors is not None
-            )
+            handler = build_chain(route, services, wrap=wrap)
+            has_cors = cors_policy_for(route, config) is not None
+            compiled = CompiledRoute(route.label, route, handler, cors=has_cors)
             methods = frozenset(route.methods) if route.methods is not None else None
             routes.append((route.path, methods, compiled))
         self.router: Router[CompiledRoute] = Router(routes)

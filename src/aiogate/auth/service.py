@@ -12,15 +12,13 @@ from typing import TYPE_CHECKING, Final
 
 import aiohttp
 
-from ..config import AuthConfig, RouteConfig
+from ..config import AuthConfig
 from .apikey import ApiKeyVerifier, RedisKeyStore
 from .jwks import JwksKeySet
 from .jwt import JwtVerifier
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
-
-    from ..stages.auth import Authenticate
 
 __all__ = ["AuthServices"]
 
@@ -65,12 +63,6 @@ class AuthServices:
             self.api_key = ApiKeyVerifier(key_config, store=store)
             if store is not None and previous is not None and previous.api_key is not None:
                 self.api_key.adopt(previous.api_key)
-
-    def stage(self, route: RouteConfig) -> Authenticate:
-        from ..stages.auth import Authenticate
-
-        assert route.auth is not None
-        return Authenticate(route.label, route.auth, self)
 
     async def start(self) -> None:
         if self.jwks is not None and self._task is None:

@@ -6,7 +6,6 @@ import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
-from ..stages.ratelimit import RateLimit
 from .base import Limit, Limiter
 from .local import LocalLimiter, StoreRegistry
 from .redis import RedisLimiter
@@ -129,12 +128,14 @@ class RateLimitPlan:
         self._registry.commit()
         await self.limiter.start()
 
-    def stage(self, route: RouteConfig) -> RateLimit | None:
-        """The route's rate-limit stage; None when no limit can apply to it."""
+    def route_limits(
+        self, route: RouteConfig
+    ) -> tuple[tuple[Limit, ...], Mapping[str, tuple[Limit, ...]]] | None:
+        """The route's limits (default, per tier); None when no limit can apply to it."""
         default, tiers = self._route(route)
         if not default and not any(tiers.values()):
             return None
-        return RateLimit(route.label, default, tiers, self.limiter, shared=self.shared)
+        return default, tiers
 
     def _route(
         self, route: RouteConfig

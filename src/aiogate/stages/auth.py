@@ -17,7 +17,7 @@ from prometheus_client import Counter
 
 from .. import log
 from ..auth import AuthFailure, Consumer
-from ..config import AuthConfig, RouteAuth
+from ..config import AuthConfig, RouteAuth, RouteConfig
 from ..context import RequestContext
 from ..errors import Forbidden, GatewayError, ServiceUnavailable, Unauthorized
 from ..metrics import AUTH_FAILURES
@@ -25,6 +25,7 @@ from . import Next
 
 if TYPE_CHECKING:
     from ..auth import AuthServices
+    from .services import Services
 
 __all__ = ["Authenticate", "claim_header_names"]
 
@@ -246,3 +247,9 @@ def _without_params(query: str, names: frozenset[str]) -> str:
     """The raw query minus the credential parameters (the rest is forwarded byte-exact)."""
     kept = [part for part in query.split("&") if unquote_plus(part.partition("=")[0]) not in names]
     return "&".join(kept)
+
+
+def for_route(route: RouteConfig, services: Services) -> Authenticate | None:
+    if route.auth is None:
+        return None
+    return Authenticate(route.label, route.auth, services.auth)

@@ -15,14 +15,17 @@ a policy: the gateway's policy is the one answer (two `Allow-Origin` values fail
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from aiohttp import web
 
-from ..config import CorsConfig
+from ..config import CorsConfig, GatewayConfig, RouteConfig
 from ..context import RequestContext
 from ..errors import Forbidden
 from . import Next
+
+if TYPE_CHECKING:
+    from .services import Services
 
 __all__ = ["Cors", "OriginMatcher", "is_preflight"]
 
@@ -170,3 +173,13 @@ def _tokens(value: str) -> str:
     """The requested header names, only the well-formed ones (they are echoed back)."""
     names = (n.strip() for n in value.split(","))
     return ", ".join(n for n in names if n and all(c.isalnum() or c in "-_" for c in n))
+
+
+def policy_for(route: RouteConfig, config: GatewayConfig) -> CorsConfig | None:
+    """The route's own CORS policy, else the top-level default (None: no CORS)."""
+    return route.cors or config.cors
+
+
+def for_route(route: RouteConfig, services: Services) -> Cors | None:
+    policy = policy_for(route, services.config)
+    return Cors(policy, route.methods) if policy is not None else None

@@ -1,28 +1,30 @@
 """The IP rules stage: the first stage of a route, so a denied client costs nothing more.
 
 It runs before auth, so a denied address cannot probe credentials, and before rate limiting,
-so it spends no tokens. The rules are compiled when the Runtime is built (`IpRulesPlan`): the
+so it spends no tokens. The rules are compiled when the Runtime is built (`iprules.py`): the
 global sets once, each route's own once; a route with no rules, global or own, gets no stage.
 """
 
 from __future__ import annotations
 
-from ipaddress import IPv4Network, IPv6Network
-from typing import ClassVar, Final, Literal
+from typing import TYPE_CHECKING, ClassVar, Final, Literal
 
 from aiohttp import web
 
 from .. import log
-from ..config import IpRulesConfig, RouteConfig
+from ..config import RouteConfig
 from ..context import RequestContext
 from ..errors import Forbidden
+from ..iprules import Scope
 from ..metrics import IP_REJECTIONS
 from ..netmatch import NetworkSet, parse_ip
 from . import Next
 
-__all__ = ["IpRules", "IpRulesPlan"]
+if TYPE_CHECKING:
+    from .services import Services
 
-Scope = Literal["global", "route"]
+__all__ = ["IpRules", "for_route"]
+
 # The message names the kind of rule, never the list: a client learns nothing about ranges.
 _DENIED: Final = "client address is denied by an IP deny rule"
 _NOT_ALLOWED: Final = "client address is not in the IP allow list"
@@ -71,26 +73,9 @@ class IpRules:
         raise Forbidden(_DENIED if rule == "deny" else _NOT_ALLOWED)
 
 
-class IpRulesPlan:
-    """The compiled global rules, and each route's stage built from them plus its own."""
-
-    __slots__ = ("_allow", "_deny")
-
-    def __init__(self, rules: IpRulesConfig) -> None:
-        self._deny = _compiled(rules.deny, "global")
-        self._allow = _compiled(rules.allow, "global")
-
-    def stage(self, route: RouteConfig) -> IpRules | None:
-        """This route's stage; None when neither the global nor the route's rules say anything."""
-        own = route.ip_rules
-        deny = self._deny + (_compiled(own.deny, "route") if own is not None else ())
-        allow = self._allow + (_compiled(own.allow, "route") if own is not None else ())
-        if not deny and not allow:
-            return None
-        return IpRules(route.label, deny, allow)
-
-
-def _compiled(
-    networks: tuple[IPv4Network | IPv6Network, ...], scope: Scope
-) -> tuple[tuple[NetworkSet, Scope], ...]:
-    return ((NetworkSet(networks), scope),) if networks else ()
+def for_route(route: RouteConfig, services: Services) -> IpRules | None:
+    """The route's IP-rules stage (global rules, then its own); None when none apply."""
+    deny, allow = services.ip_rules.rules_for(route)
+    if not deny and not allow:
+        return None
+    return IpRules(route.label, deny, allow)

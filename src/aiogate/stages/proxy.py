@@ -46,7 +46,9 @@ from ..upstream.retry import IDEMPOTENT_METHODS, RetryBudget, backoff_delay
 from .wire import WireResponse
 
 if TYPE_CHECKING:
+    from ..config import RouteConfig
     from ..tracing import Tracing
+    from .services import Services
 
 __all__ = [
     "ClientBodyError",
@@ -678,3 +680,24 @@ class Proxy:
         if seconds is not None:
             self._pool.succeeded(backend, self._loop.time(), seconds, probe)
         return response
+
+
+def for_route(route: RouteConfig, services: Services) -> Proxy:
+    """The route's terminal stage, with the route's settings over its upstream's."""
+    pool = services.pools[route.upstream]
+    upstream = pool.config
+    config = services.config
+    breaker = upstream.circuit_breaker or config.circuit_breaker
+    return Proxy(
+        pool,
+        timeout=route.timeout if route.timeout is not None else upstream.timeout,
+        max_body_size=config.server.max_body_size,
+        recorder=services.recorder,
+        connect_timeout=route.connect_timeout,  # None: the upstream's
+        read_timeout=route.read_timeout or upstream.read_timeout,
+        retries=route.retries or upstream.retries,
+        budget=None if route.retries is not None else services.budgets[upstream.name],
+        fallback=breaker.fallback if breaker.enabled else None,
+        drop=services.claim_headers,
+        tracing=services.tracing,
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from aiohttp import web
 from prometheus_client import Counter
@@ -22,6 +22,10 @@ from ..errors import TooManyRequests
 from ..metrics import RATELIMIT_REJECTIONS
 from ..ratelimit.base import Limit, Limiter
 from . import Next
+
+if TYPE_CHECKING:
+    from ..config import RouteConfig
+    from .services import Services
 
 __all__ = ["RateLimit"]
 
@@ -108,3 +112,13 @@ class RateLimit:
         raise TooManyRequests(
             f"rate limit exceeded; retry in {retry} s", headers={"Retry-After": str(retry)}
         )
+
+
+def for_route(route: RouteConfig, services: Services) -> RateLimit | None:
+    """The route's rate-limit stage; None when no limit can apply to it."""
+    plan = services.ratelimit
+    limits = plan.route_limits(route)
+    if limits is None:
+        return None
+    default, tiers = limits
+    return RateLimit(route.label, default, tiers, plan.limiter, shared=plan.shared)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import quote, unquote_plus
 
 import orjson
@@ -28,6 +28,9 @@ from ..template import REQUEST_VARIABLES, VARIABLES, Part, Var, parse
 from . import Next
 from .proxy import answer_expectation
 from .wire import WireResponse
+
+if TYPE_CHECKING:
+    from .services import Services
 
 __all__ = ["JsonEdit", "Template", "Transform", "compile_rewrite", "compile_template"]
 
@@ -351,3 +354,10 @@ class Transform:
         if edited is not None:
             response.body = edited
             ctx.bytes_out = len(edited)
+
+
+def for_route(route: RouteConfig, services: Services) -> Transform | None:
+    transform = route.transformations
+    if transform is None or not (transform.request or transform.response):
+        return None
+    return Transform(transform, route, max_body_size=services.config.server.max_body_size)

@@ -57,9 +57,10 @@ def config(route: dict[str, Any], **extra: Any) -> GatewayConfig:
 
 def stage_of(cfg: GatewayConfig, client: Any = None) -> RateLimit:
     plan = RateLimitPlan(cfg, client, registry=StoreRegistry(), local=LocalLimiter(FakeClock(10.0)))
-    stage = plan.stage(cfg.routes[0])
-    assert stage is not None
-    return stage
+    limits = plan.route_limits(cfg.routes[0])
+    assert limits is not None
+    default, tiers = limits
+    return RateLimit(cfg.routes[0].label, default, tiers, plan.limiter, shared=plan.shared)
 
 
 def context(headers: dict[str, str] | None = None, **fields: Any) -> RequestContext:

@@ -1,0 +1,35 @@
+"""What one Runtime built from its config, handed to every stage factory (`for_route`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..auth import AuthServices
+    from ..config import GatewayConfig
+    from ..iprules import IpRulesPlan
+    from ..metrics import RequestRecorder
+    from ..ratelimit import RateLimitPlan
+    from ..tracing import Tracing
+    from ..upstream.pool import UpstreamPool
+    from ..upstream.retry import RetryBudget
+
+__all__ = ["Services"]
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Services:
+    """What one Runtime built from its config, handed to every stage factory."""
+
+    config: GatewayConfig
+    pools: dict[str, UpstreamPool]
+    #: One retry budget per upstream, shared by the routes that use the upstream's retries.
+    budgets: dict[str, RetryBudget]
+    auth: AuthServices
+    ratelimit: RateLimitPlan
+    ip_rules: IpRulesPlan
+    recorder: RequestRecorder
+    tracing: Tracing | None
+    #: Headers the gateway fills from JWT claims: never taken from a client, on any route.
+    claim_headers: frozenset[str]
