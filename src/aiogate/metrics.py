@@ -112,7 +112,7 @@ BACKEND_HEALTHY: Final = Gauge(
 UPSTREAM_RETRIES: Final = Counter(
     "aiogate_upstream_retries_total",
     "Upstream attempts after the first, by upstream and reason (connect, timeout, status); "
-    "`budget_exhausted` counts retries the retry budget refused.",
+    "`budget_exhausted` counts retries the retry budget refused (too many retries in flight).",
     ["upstream", "reason"],
 )
 BACKEND_EJECTIONS: Final = Counter(

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from ctlbackend import CtlGroup
 from gateway import Gateway, wait_until
+from metrics_support import scrape
 from pool_support import backend_view, call, pool_config
 
 BREAKER = {"failure_threshold": 3, "success_threshold": 2, "timeout": "1s",
@@ -124,14 +126,24 @@ def test_a_post_a_backend_saw_is_not_retried(
 
 
 def test_retry_budget_stops_a_storm(group: CtlGroup, make_gateway: Callable[..., Gateway]) -> None:
-    retries = {"attempts": 2, "base_delay": "1ms", "budget": 0.1, "budget_reserve": 2}
+    """Retries in flight stay within half of the requests in flight: 8 requests fail at once
+    (both backends answer 503 after 0.5 s), 4 are retried, and no retry is retried again."""
+    # `budget_reserve` is deprecated: still accepted, and ignored.
+    retries = {"attempts": 2, "base_delay": "1ms", "budget": 0.5, "min_retry_concurrency": 0,
+               "budget_reserve": 2}  # fmt: skip
     gw = make_gateway(pool_config(group, retries=retries, circuit_breaker={"enabled": False}))
     group[0].status = group[1].status = 503
-    for _ in range(20):
-        call(gw)
-    # 20 requests: 2 from the reserve, then 0.1 per request (~2 more), never 40
-    retries_made = group[0].traffic + group[1].traffic - 20
-    assert 2 <= retries_made <= 5, retries_made
+    group[0].delay = group[1].delay = 0.5
+    with ThreadPoolExecutor(8) as clients:
+        statuses = list(clients.map(lambda _: call(gw)[0], range(8)))
+    assert statuses == [503] * 8
+    # The first 4 failures take the 4 slots (half of 8 in flight); the other 4 are refused.
+    # The retried 4 fail again, each freeing its slot as it asks for a new one: with 4, then
+    # 3, 2, 1 requests in flight, the share (2, 1, 1, 0) is always below the slots held.
+    retries_made = group[0].traffic + group[1].traffic - 8
+    assert retries_made == 4, retries_made
+    refused = scrape(gw).value("aiogate_upstream_retries_total", reason="budget_exhausted")
+    assert refused == 8
 
 
 def test_read_timeout_per_route(group: CtlGroup, make_gateway: Callable[..., Gateway]) -> None:

@@ -370,8 +370,7 @@ def test_backend_healthy_with_a_tcp_check_on_a_backend_that_goes_down(
 def test_upstream_retries_by_upstream_and_reason(
     group: CtlGroup, make_gateway: Callable[..., Gateway]
 ) -> None:
-    retry = {"attempts": 2, "base_delay": "1ms", "max_delay": "5ms", "budget": 1.0,
-             "budget_reserve": 100}  # fmt: skip
+    retry = {"attempts": 2, "base_delay": "1ms", "max_delay": "5ms", "budget": 1.0}
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     upstreams = [
         {"name": "flaky", "backends": [{"url": group[0].url}], "retries": retry,
@@ -379,7 +378,7 @@ def test_upstream_retries_by_upstream_and_reason(
         {"name": "dead", "backends": [{"url": dead}], "retries": {**retry, "attempts": 1},
          "circuit_breaker": NO_BREAKER},
         {"name": "stingy", "backends": [{"url": group[1].url}],
-         "retries": {**retry, "budget": 0.0, "budget_reserve": 0},
+         "retries": {**retry, "budget": 0.0, "min_retry_concurrency": 0},
          "circuit_breaker": NO_BREAKER},
         {"name": "sleepy", "backends": [{"url": group[2].url}], "read_timeout": "200ms",
          "retries": {**retry, "attempts": 1}, "circuit_breaker": NO_BREAKER},

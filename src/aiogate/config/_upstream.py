@@ -217,9 +217,13 @@ class RetriesConfig(Model):
     #: Upstream statuses retried (idempotent methods only, like timeouts).
     on_statuses: Statuses = (502, 503, 504)
     on_timeout: bool = True
-    #: Retries may be at most this share of requests (plus `budget_reserve`): no retry storms.
+    #: Retries in flight may be at most this share of the requests in flight (Envoy's
+    #: `budget_percent`), or `min_retry_concurrency` when that is more: no retry storms.
     budget: float = Field(default=0.2, ge=0, le=1)
-    budget_reserve: int = Field(default=10, ge=0)
+    min_retry_concurrency: int = Field(default=3, ge=0)
+    #: Deprecated and ignored: the starting balance of the former token-bucket budget. Still
+    #: accepted so that existing files load.
+    budget_reserve: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="wrap")
     @classmethod

@@ -42,7 +42,7 @@ from ..upstream.forward import (
 )
 from ..upstream.head import check_head
 from ..upstream.pool import Backend, NoBackendAvailable, UpstreamPool
-from ..upstream.retry import IDEMPOTENT_METHODS, RetryBudget, backoff_delay
+from ..upstream.retry import IDEMPOTENT_METHODS, RetryBudget, RetryLease, backoff_delay
 from .wire import WireResponse
 
 if TYPE_CHECKING:
@@ -181,8 +181,9 @@ class Proxy:
     Each attempt is accounted to its backend (circuit breaker, passive checks, latency). A
     failed attempt is retried on another backend when the policy allows it: connect errors
     always (nothing reached a backend), timeouts, broken responses and `on_statuses` only for
-    idempotent methods with a replayable body; every retry spends from the upstream's budget
-    and waits a full-jitter backoff, all within the one `timeout` of the whole exchange.
+    idempotent methods with a replayable body, and only while the upstream's retry budget has
+    room for one more retry in flight (retries of connect errors are never refused by it);
+    every retry waits a full-jitter backoff, all within the one `timeout` of the whole exchange.
     """
 
     name = "proxy"
@@ -227,15 +228,35 @@ class Proxy:
         self._loop = asyncio.get_running_loop()
 
     async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
-        request = ctx.request
         head, forwarded, target = self._request_head(ctx)
         body = await self._request_body(ctx)
+        ctx.upstream = self._pool.name
+        # The request counts as in flight for the retry budget until its answer is relayed,
+        # and gives back any retry slot it holds, however it ends (the client leaving too).
+        lease = RetryLease(self._budget)
+        try:
+            return await self._forward(
+                ctx, lease, head=head, forwarded=forwarded, target=target, body=body
+            )
+        finally:
+            lease.close()
+
+    async def _forward(
+        self,
+        ctx: RequestContext,
+        lease: RetryLease,
+        *,
+        head: list[tuple[str, str]],
+        forwarded: list[tuple[str, str]],
+        target: str,
+        body: RequestBody | None,
+    ) -> web.StreamResponse:
+        """The attempts, all under one deadline, then the relay of the answer."""
+        request = ctx.request
         pool = self._pool
         loop = self._loop
-        ctx.upstream = pool.name
         now = loop.time()
         deadline = now + self._timeout
-        self._budget.deposit()
         tried: list[Backend] = []
         failure: GatewayError | None = None
         attempt = 0
@@ -256,7 +277,7 @@ class Proxy:
                 try:
                     upstream = await self._attempt(
                         ctx, backend, head=head, forwarded=forwarded, target=target, body=body,
-                        deadline=deadline, attempt=attempt,
+                        deadline=deadline, attempt=attempt, lease=lease,
                     )  # fmt: skip
                 except (GatewayError, ClientBodyError, asyncio.CancelledError):
                     # The client's body was too large, malformed or cut off, or the client
@@ -267,15 +288,16 @@ class Proxy:
                     pool.failed(backend, loop.time(), probe)
                     failure, reason, reached = self._classify(ctx, exc)
                     delay = self._retry_delay_if_allowed(
-                        ctx, body, attempt, reached=reached, reason=reason, deadline=deadline
-                    )
+                        ctx, lease, body, attempt, reached=reached, reason=reason,
+                        deadline=deadline,
+                    )  # fmt: skip
                     if delay is None:
                         raise failure from None
                 else:
                     seconds = time.perf_counter() - sent_at
                     self._recorder.upstream(ctx.upstream, ctx.backend, seconds)
                     delay = self._answered(
-                        ctx, backend, upstream, probe=probe, body=body, attempt=attempt,
+                        ctx, backend, upstream, lease, probe=probe, body=body, attempt=attempt,
                         deadline=deadline,
                     )  # fmt: skip
                     if delay is None:
@@ -299,6 +321,7 @@ class Proxy:
         ctx: RequestContext,
         backend: Backend,
         upstream: UpstreamResponse,
+        lease: RetryLease,
         *,
         probe: bool,
         body: RequestBody | None,
@@ -319,7 +342,7 @@ class Proxy:
         if status not in self._retry_statuses:
             return None
         delay = self._retry_delay_if_allowed(
-            ctx, body, attempt, reached=True, reason="status", deadline=deadline
+            ctx, lease, body, attempt, reached=True, reason="status", deadline=deadline
         )
         if delay is not None:
             upstream.release()
@@ -354,7 +377,8 @@ class Proxy:
         target: str,
         body: RequestBody | None,
         deadline: float,
-        attempt: int = 1,
+        attempt: int,
+        lease: RetryLease,
     ) -> UpstreamResponse:
         """Send the request to `backend`; return once its response head is in.
 
@@ -385,6 +409,9 @@ class Proxy:
             raise
         finally:
             in_flight.dec()
+            # A retry is over with its attempt, whatever the outcome: its budget slot is free
+            # before the next retry is decided (as in Envoy), so a request holds one at most.
+            lease.end_retry()
         if tracing is not None:
             tracing.end_attempt(span, status=upstream.status)
         return upstream
@@ -415,8 +442,10 @@ class Proxy:
     def _may_retry(
         self,
         ctx: RequestContext,
+        lease: RetryLease,
         body: RequestBody | None,
         attempt: int,
+        *,
         reached: bool,
         reason: str,
     ) -> bool:
@@ -429,14 +458,21 @@ class Proxy:
                 return False
             if reason == "timeout" and not self._retries.on_timeout:
                 return False
-        if not self._budget.withdraw():
-            self._count_retry("budget_exhausted")
-            return False
+            if not lease.start_retry():
+                self._count_retry("budget_exhausted")
+                return False
+            return True
+        # It never reached a backend (refused, unreachable, connect timeout; or a stale
+        # keep-alive connection whose replay could not connect): retrying it moves the request
+        # to another backend without adding work anywhere, so the budget never refuses it. It
+        # still counts as a retry in flight.
+        lease.start_retry(force=True)
         return True
 
     def _retry_delay_if_allowed(
         self,
         ctx: RequestContext,
+        lease: RetryLease,
         body: RequestBody | None,
         attempt: int,
         *,
@@ -445,10 +481,14 @@ class Proxy:
         deadline: float,
     ) -> float | None:
         """The backoff before retry number `attempt`, or None: no retry (the policy or the
-        budget says no, or the deadline would pass meanwhile)."""
-        if not self._may_retry(ctx, body, attempt, reached, reason):
+        budget says no, or the deadline would pass meanwhile). A delay comes with a slot of the
+        retry budget, held by `lease` until the retry's attempt is over."""
+        if not self._may_retry(ctx, lease, body, attempt, reached=reached, reason=reason):
             return None
-        return self._retry_delay(ctx, attempt, deadline, reason)
+        delay = self._retry_delay(ctx, attempt, deadline, reason)
+        if delay is None:
+            lease.end_retry()
+        return delay
 
     def _retry_delay(
         self, ctx: RequestContext, attempt: int, deadline: float, reason: str

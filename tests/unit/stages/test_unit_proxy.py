@@ -24,7 +24,7 @@ from aiogate.context import RequestContext
 from aiogate.errors import BadGateway, BadRequest, UpstreamBodyBroken
 from aiogate.metrics import RequestRecorder
 from aiogate.stages.proxy import Proxy
-from aiogate.upstream.errors import UpstreamProtocolError
+from aiogate.upstream.errors import UpstreamConnectError, UpstreamProtocolError
 from aiogate.upstream.head import RequestBody
 from aiogate.upstream.pool import Backend, UpstreamPool
 
@@ -68,7 +68,7 @@ class FakeResponse:
 
 
 class FakeConnections:
-    def __init__(self, *responses: FakeResponse) -> None:
+    def __init__(self, *responses: FakeResponse | Exception) -> None:
         self.responses = list(responses)
         self.sent: list[tuple[str, str, list[tuple[str, str]]]] = []
 
@@ -81,7 +81,10 @@ class FakeConnections:
         **_: Any,
     ) -> FakeResponse:
         self.sent.append((method, target, list(headers)))
-        return self.responses.pop(0)
+        response = self.responses.pop(0)
+        if isinstance(response, Exception):
+            raise response
+        return response
 
 
 class MaxRandom(random.Random):
@@ -92,7 +95,7 @@ class MaxRandom(random.Random):
 
 
 def make_proxy(
-    *responses: FakeResponse, backends: int = 1, retries: dict[str, Any] | None = None,
+    *responses: FakeResponse | Exception, backends: int = 1, retries: dict[str, Any] | None = None,
     drop: frozenset[str] = frozenset(),
 ) -> tuple[Proxy, UpstreamPool, list[FakeConnections]]:  # fmt: skip
     config = UpstreamConfig.model_validate(
@@ -172,13 +175,70 @@ async def test_in_flight_is_released_when_cancelled_during_a_retry_backoff() -> 
         retries={"attempts": 1, "base_delay": "30s", "max_delay": "30s"},
     )  # fmt: skip
     (backend,) = pool.backends
+    budget = proxy._budget
     task = asyncio.create_task(proxy(context()))
     await released.wait()
     assert not task.done()
+    assert (budget.requests, budget.retries) == (1, 1)  # the retry holds its slot meanwhile
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert backend.in_flight == 0
+    assert (budget.requests, budget.retries) == (0, 0)
+
+
+async def test_a_full_budget_refuses_a_retry_of_a_request_a_backend_saw() -> None:
+    proxy, _, fakes = make_proxy(
+        FakeResponse(503), FakeResponse(200), backends=2,
+        retries={"attempts": 1, "base_delay": "0s", "budget": 0.5, "min_retry_concurrency": 2},
+    )  # fmt: skip
+    budget = proxy._budget
+    budget.requests, budget.retries = 3, 2  # other requests hold both slots
+    response = await proxy(context())
+    assert response.status == 503
+    assert sum(len(fake.sent) for fake in fakes) == 1
+    assert (budget.requests, budget.retries) == (3, 2)
+    # With a slot free, the same failure is retried on the other backend.
+    budget.retries = 1
+    response = await proxy(context())
+    assert response.status == 200
+    assert sum(len(fake.sent) for fake in fakes) == 3
+    assert (budget.requests, budget.retries) == (3, 1)
+
+
+async def test_a_connect_error_is_retried_elsewhere_even_with_the_budget_full() -> None:
+    """Nothing reached the backend: a retry adds no work upstream, the budget never refuses
+    it, for any method; it goes to the backend not tried yet."""
+    refused = UpstreamConnectError("cannot connect: refused")
+    proxy, pool, fakes = make_proxy(
+        refused, backends=2,
+        retries={"attempts": 1, "base_delay": "0s", "budget": 0, "min_retry_concurrency": 0},
+    )  # fmt: skip
+    fakes[1].responses = [FakeResponse(200)]
+    budget = proxy._budget
+    response = await proxy(context("POST"))
+    assert response.status == 200
+    # Round robin started on the first backend: it was refused, the second one answered.
+    assert [len(fake.sent) for fake in fakes] == [1, 1]
+    assert [failures(b) for b in pool.backends] == [1, 0]
+    assert (budget.requests, budget.retries) == (0, 0)
+
+
+async def test_budget_counts_are_given_back_when_the_request_raises() -> None:
+    proxy, _, (fake,) = make_proxy(
+        FakeResponse(503), FakeResponse(200), retries={"attempts": 1, "base_delay": "0s"}
+    )  # fmt: skip
+    budget = proxy._budget
+    ctx = context()
+
+    def broken_edit(ctx: RequestContext, status: int, headers: list[tuple[str, str]]) -> int:
+        raise RuntimeError("edit failed")
+
+    ctx.response_edit = broken_edit
+    with pytest.raises(RuntimeError, match="edit failed"):
+        await proxy(ctx)
+    assert len(fake.sent) == 2  # the retry's answer was the one being edited
+    assert (budget.requests, budget.retries) == (0, 0)
 
 
 async def test_upstream_is_released_when_a_response_edit_raises() -> None:

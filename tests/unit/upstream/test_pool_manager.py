@@ -1,4 +1,4 @@
-"""The pool manager's pure parts: breaker state machine, hashing ring, p2c, retry budget, pool."""
+"""The pool manager's pure parts: breaker state machine, hashing ring, p2c, backoff, pool."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from aiogate.config import CircuitBreakerConfig, RetriesConfig, UpstreamConfig
 from aiogate.upstream.balance import IpHash, P2CEwma
 from aiogate.upstream.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from aiogate.upstream.pool import NoBackendAvailable, UpstreamPool
-from aiogate.upstream.retry import RetryBudget, backoff_delay
+from aiogate.upstream.retry import backoff_delay
 
 
 @pytest.fixture(autouse=True)
@@ -124,13 +124,7 @@ def test_p2c_prefers_the_faster_and_less_loaded() -> None:
     assert picks["y"] > 50
 
 
-def test_retry_budget_and_full_jitter() -> None:
-    budget = RetryBudget(0.1, 2)
-    assert [budget.withdraw() for _ in range(3)] == [True, True, False]
-    for _ in range(10):
-        budget.deposit()
-    assert budget.withdraw()
-    assert not budget.withdraw()
+def test_full_jitter() -> None:
     config = RetriesConfig(attempts=3, base_delay=0.1, max_delay=0.3)
     rng = random.Random(1)
     delays = [backoff_delay(config, n, rng) for n in (0, 1, 2, 5) for _ in range(200)]
