@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
 from config_testing import Errors, LoadText, WriteConfig
 
 from aiogate.config import ConfigError, GatewayConfig, load_config

@@ -56,6 +56,11 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Path, RuntimeHolder, Re
     path.write_text(RUNNING)
     first = Runtime(load_config(path, env={}))
     await first.start()
+    # The health-check task's first probe (after a short jitter) would find nothing listening
+    # and mark A unhealthy at a moment that depends on the machine's load: this module is
+    # about what a reload changes, so no probe may run meanwhile.
+    for checker in first._health:
+        await checker.stop()
     holder = RuntimeHolder(first)
     reloader = Reloader(path, holder)
     pool = first.pools[UP]
