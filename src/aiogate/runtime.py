@@ -105,6 +105,7 @@ class Runtime:
                 fallback=breaker.fallback if breaker.enabled else None,
                 drop=claim_headers,
                 tracing=self.tracing,
+                underscores=config.server.underscore_headers == "allow",
             )
             stages: list[Stage] = []
             ip_rules = self.ip_rules.stage(route)
