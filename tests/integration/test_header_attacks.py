@@ -213,6 +213,7 @@ def test_duplicate_credentials_are_400_and_never_forwarded(
 
 
 def test_single_credentials_still_pass(gw: Gateway, backends: BackendThread) -> None:
+    """The counterpart of the test above (passes with or without the duplicate checks)."""
     reply, rid = send(gw, "/jwt", ("Authorization", f"Bearer {GOOD}"))
     assert reply.status == 200, reply.body
     assert values(received(backends, rid), "Authorization") == [f"Bearer {GOOD}"]
@@ -244,19 +245,35 @@ def raw(gw: Gateway, rid: str, head: str) -> Any:
 @pytest.mark.parametrize(
     "head",
     [
-        "GET /api/users HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nX-Request-ID: RID\r\n"
-        "Connection: close\r\n",
-        "GET /api/users HTTP/1.1\r\nHost: a.example\r\nHost: a.example\r\nX-Request-ID: RID\r\n"
-        "Connection: close\r\n",
         "GET http://b.example/api/users HTTP/1.1\r\nHost: a.example\r\nX-Request-ID: RID\r\n"
         "Connection: close\r\n",
         "GET http://user@a.example/api/users HTTP/1.1\r\nHost: a.example\r\n"
         "X-Request-ID: RID\r\nConnection: close\r\n",
+    ],
+    ids=["absolute-form-other-host", "userinfo"],
+)
+def test_absolute_form_attacks_are_400(gw: Gateway, backends: BackendThread, head: str) -> None:
+    rid = new_id()
+    assert_gateway_error(raw(gw, rid, head), 400, "bad_request")
+    assert seen_with(backends, rid) == []
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        "GET /api/users HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nX-Request-ID: RID\r\n"
+        "Connection: close\r\n",
+        "GET /api/users HTTP/1.1\r\nHost: a.example\r\nHost: a.example\r\nX-Request-ID: RID\r\n"
+        "Connection: close\r\n",
         "GET /api/users HTTP/1.1\r\nX-Request-ID: RID\r\nConnection: close\r\n",
     ],
-    ids=["two-hosts", "same-host-twice", "absolute-form-other-host", "userinfo", "no-host"],
+    ids=["two-hosts", "same-host-twice", "no-host"],
 )
-def test_host_framing_attacks_are_400(gw: Gateway, backends: BackendThread, head: str) -> None:
+def test_parser_refuses_two_hosts_and_a_missing_one(
+    gw: Gateway, backends: BackendThread, head: str
+) -> None:
+    """A guard, not a test of aiogate's own check: aiohttp's parser already answers these 400
+    (requestcheck refuses them too, see the unit tests); this pins that behaviour."""
     rid = new_id()
     assert_gateway_error(raw(gw, rid, head), 400, "bad_request")
     assert seen_with(backends, rid) == []
