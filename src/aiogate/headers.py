@@ -28,7 +28,7 @@ HOP_BY_HOP: Final = frozenset(
 #: replaced, and naming them in `Connection` cannot make the gateway drop its own values.
 GATEWAY_REQUEST_HEADERS: Final = frozenset(
     {"host", "content-length", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host",
-     "x-request-id"}
+     "x-request-id", "x-real-ip", "forwarded"}
 )  # fmt: skip
 #: Set by the gateway on the response to the client (framing and the request id).
 GATEWAY_RESPONSE_HEADERS: Final = frozenset({"content-length", "x-request-id"})

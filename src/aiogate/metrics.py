@@ -130,6 +130,12 @@ AUTH_FAILURES: Final = Counter(
     "Rejected credentials, by route and reason.",
     ["route", "reason"],
 )
+UNDERSCORE_HEADERS: Final = Counter(
+    "aiogate_underscore_headers_total",
+    "Requests whose header names contained '_', by what server.underscore_headers did "
+    "(dropped: forwarded without those headers; rejected: answered 400).",
+    ["action"],
+)
 CONFIG_RELOADS: Final = Counter(
     "aiogate_config_reloads_total",
     "Configuration reload attempts, by result (applied or rejected).",

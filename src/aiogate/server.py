@@ -36,6 +36,7 @@ from .errors import (
 )
 from .metrics import ACTIVE_CONNECTIONS
 from .pathnorm import InvalidPath, normalize_path
+from .requestcheck import check_request_head
 from .runtime import Runtime, RuntimeHolder
 
 __all__ = ["GatewayServer"]
@@ -147,6 +148,7 @@ class GatewayServer:
         log.bind_request(request_id, ctx.trace_id)
         try:
             _check_framing(request)
+            check_request_head(request, runtime.config.server)
             try:
                 ctx.path = normalize_path(_origin_form(raw_path))
             except InvalidPath as exc:

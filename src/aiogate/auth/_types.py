@@ -11,7 +11,7 @@ __all__ = ["AuthFailure", "Consumer", "Status"]
 
 _NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
 
-Status = Literal[401, 403, 503]
+Status = Literal[400, 401, 403, 503]
 
 
 @dataclass(frozen=True, slots=True)

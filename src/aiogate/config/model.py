@@ -102,6 +102,8 @@ class ServerConfig(Model):
     shutdown_timeout: Annotated[Duration, Field(ge=0)] = 30.0
     max_header_size: Annotated[Size, Field(gt=0)] = 8 * 1024
     max_headers: int = Field(default=100, gt=0)
+    #: Header names with `_`: drop them before forwarding, answer 400, or forward them.
+    underscore_headers: Literal["drop", "reject", "allow"] = "drop"
 
     @property
     def host(self) -> str:

@@ -8,7 +8,7 @@ and logged as `auth_failed` with its reason; the credential itself is never logg
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import unquote_plus
 
@@ -19,7 +19,7 @@ from .. import log
 from ..auth import AuthFailure, Consumer
 from ..config import AuthConfig, RouteAuth, RouteConfig
 from ..context import RequestContext
-from ..errors import Forbidden, GatewayError, ServiceUnavailable, Unauthorized
+from ..errors import BadRequest, Forbidden, GatewayError, ServiceUnavailable, Unauthorized
 from ..metrics import AUTH_FAILURES
 from . import Next
 
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = ["Authenticate", "claim_header_names"]
 
 _MISSING: Final = "missing_credentials"
+_DUPLICATE: Final = "duplicate_credentials"
 
 
 class Authenticate:
@@ -137,6 +138,9 @@ class Authenticate:
         if self._cookie is not None:
             cookie = ctx.request.cookies.get(self._cookie)
             if cookie:
+                if _cookie_count(headers.getall("Cookie", ()), self._cookie) > 1:
+                    # The cookie parser keeps one of them; an upstream may read the other.
+                    raise AuthFailure(_DUPLICATE, "more than one token cookie", 400)
                 return cookie
         if self._jwt_query is not None and ctx.query:
             return _query_value(ctx.query, self._jwt_query)
@@ -144,7 +148,11 @@ class Authenticate:
 
     def _key(self, ctx: RequestContext) -> str | None:
         assert self._key_header is not None
-        key = ctx.request.headers.get(self._key_header)
+        keys = ctx.request.headers.getall(self._key_header, ())
+        if len(keys) > 1:
+            # The gateway would check the first while an upstream may read another.
+            raise AuthFailure(_DUPLICATE, f"more than one {self._key_header} header", 400)
+        key = keys[0] if keys else None
         if key:
             return key.strip()
         if self._key_query is not None and ctx.query:
@@ -191,6 +199,8 @@ class Authenticate:
         )  # fmt: skip
         if failure.status == 503:
             return ServiceUnavailable(failure.description, code="auth_unavailable")
+        if failure.status == 400:
+            return BadRequest(failure.description)
         if failure.status == 403:
             challenge = f'{self._challenge}, error="insufficient_scope"'
             return Forbidden(failure.description, headers={"WWW-Authenticate": challenge})
@@ -214,6 +224,17 @@ def claim_header_names(config: AuthConfig) -> frozenset[str]:
     if config.jwt is None:
         return frozenset()
     return frozenset(header.lower() for header in config.jwt.forward_claims.values())
+
+
+def _cookie_count(headers: Sequence[str], name: str) -> int:
+    """How many `name=` pairs the Cookie headers hold (a substring test first: cheap)."""
+    return sum(
+        1
+        for header in headers
+        if name in header
+        for pair in header.split(";")
+        if pair.partition("=")[0].strip() == name
+    )
 
 
 def _without_cookie(header: str, name: str) -> str:

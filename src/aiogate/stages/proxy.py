@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import string
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Final
@@ -56,6 +57,8 @@ __all__ = [
     "answer_expectation",
     "filter_request_headers",
     "filter_response_headers",
+    "forwarded_element",
+    "spellings",
 ]
 
 #: Bodies up to this size are read whole: cheaper than streaming, and replayable.
@@ -67,6 +70,9 @@ _REQUEST_DROP: Final = HOP_BY_HOP | GATEWAY_REQUEST_HEADERS | {"expect"}
 _RESPONSE_DROP: Final = HOP_BY_HOP | GATEWAY_RESPONSE_HEADERS
 
 _Prepare = Callable[[], Awaitable[None]]
+_MERGED_LIMIT: Final = 256
+# RFC 7230 tchar: a Forwarded parameter value made only of these needs no quotes.
+_TCHAR: Final = frozenset("!#$%&'*+-.^_`|~" + string.digits + string.ascii_letters)
 
 
 class ClientBodyError(ConnectionResetError):
@@ -105,20 +111,70 @@ async def answer_expectation(request: web.BaseRequest) -> None:
         writer.output_size = 0
 
 
+def forwarded_element(peer: str, proto: str, host: str) -> str:
+    """One RFC 7239 `Forwarded` element: `for=...;proto=...[;host=...]`.
+
+    An IPv6 `for` is bracketed and quoted (`for="[::1]"`), an unknown peer is `for=unknown`,
+    and a host with a port is quoted (`:` is not a token character). `host` must be a valid
+    host[:port] (no `"` or `\\` to escape).
+    """
+    if not peer:
+        node = "unknown"
+    elif ":" in peer:
+        node = f'"[{peer}]"'
+    else:
+        node = peer
+    element = f"for={node};proto={proto}"
+    if host:
+        element += f";host={host}" if _TCHAR.issuperset(host) else f';host="{host}"'
+    return element
+
+
 def _connection_tokens(value: str) -> set[str]:
     return {token.strip().lower() for token in value.split(",") if token.strip()}
 
 
+def spellings(names: frozenset[str]) -> frozenset[str]:
+    """`names` plus each one with `_` read as `-`, the way CGI, PHP, Django and others do.
+
+    A drop set passed through this matches a client header whatever `_`/`-` spelling either
+    side uses: the gateway's `X_User` (from config) drops the client's `X-User` too.
+    """
+    if not any("_" in name for name in names):
+        return names
+    return names | {name.replace("_", "-") for name in names}
+
+
 def filter_request_headers(
-    headers: CIMultiDict[str] | web.BaseRequest, drop: frozenset[str] = _REQUEST_DROP
+    headers: CIMultiDict[str] | web.BaseRequest,
+    drop: frozenset[str] = _REQUEST_DROP,
+    *,
+    underscores: bool = False,
 ) -> list[tuple[str, str]]:
-    """End-to-end request headers: hop-by-hop ones and those named in Connection removed."""
+    """End-to-end request headers: hop-by-hop ones and those named in Connection removed.
+
+    Names with `_` are dropped too (`server.underscore_headers: drop`), unless `underscores`
+    (`allow`): then one is dropped when its `-` spelling is in `drop`, so `X_Forwarded_For`
+    or `X_User_Id` can never stand in for the gateway's own header upstream. `drop` holds
+    lower-case names in their `-` spelling (see `spellings`).
+    """
     source = headers.headers if isinstance(headers, web.BaseRequest) else headers
     named = source.getall(hdrs.CONNECTION, ())
     if named:
         extra = set().union(*(_connection_tokens(v) for v in named)) - GATEWAY_REQUEST_HEADERS
         drop = drop | extra
-    return [(name, value) for name, value in source.items() if name.lower() not in drop]
+    if underscores:
+        return [
+            (name, value)
+            for name, value in source.items()
+            if (lowered := name.lower()) not in drop
+            and ("_" not in lowered or lowered.replace("_", "-") not in drop)
+        ]
+    return [
+        (name, value)
+        for name, value in source.items()
+        if "_" not in name and name.lower() not in drop
+    ]
 
 
 def filter_response_headers(
@@ -203,6 +259,7 @@ class Proxy:
         rng: random.Random | None = None,
         drop: frozenset[str] = frozenset(),
         tracing: Tracing | None = None,
+        underscores: bool = False,
     ) -> None:
         self._pool = pool
         #: The Runtime's tracing when it is on: a span (and traceparent) per upstream attempt.
@@ -210,7 +267,12 @@ class Proxy:
         # `drop`: lower-case client headers never forwarded on any route (the names the
         # gateway fills from JWT claims: a public route's upstream must not take a client's
         # X-User-Id for one the gateway vouched for).
-        self._drop = _REQUEST_DROP | drop
+        self._drop = spellings(_REQUEST_DROP | drop)
+        # `server.underscore_headers: allow`: client header names with `_` are forwarded.
+        self._underscores = underscores
+        # The route's drop set merged with what a stage adds (auth, transform): a handful of
+        # distinct sets per route, so merged once each rather than once per request.
+        self._merged: dict[frozenset[str], frozenset[str]] = {}
         self._timeout = timeout
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -572,25 +634,45 @@ class Proxy:
     ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """The upstream request's headers that go before `Host` and those after it."""
         request = ctx.request
+        drop = self._drop
         if ctx.upstream_drop:
             # Set by auth (the credential) and transform: never passed on from the client.
-            headers = filter_request_headers(request, self._drop | ctx.upstream_drop)
-        else:
-            headers = filter_request_headers(request, self._drop)
+            drop = self._merged_drop(ctx.upstream_drop)
+        headers = filter_request_headers(request, drop, underscores=self._underscores)
         headers += ctx.upstream_add
+        incoming = request.headers
         # The Host header as sent (none from an HTTP/1.0 client: then no X-Forwarded-Host).
-        host = request.headers.get("Host", "")
-        proto = request.scheme
+        # Checked by requestcheck: a valid host[:port], so it needs no escaping below.
+        received_host = host = incoming.get("Host", "")
+        scheme = proto = request.scheme
+        # This hop, as RFC 7239 describes it: who connected, over what, asking for which host.
+        hop = forwarded_element(request.remote or "", scheme, received_host)
+        real_ip: str | None = ctx.client_ip
         if ctx.via_trusted_proxy:
-            # A trusted proxy in front (e.g. a TLS terminator) knows the original scheme/host.
-            incoming = request.headers
+            # A trusted proxy in front (e.g. a TLS terminator) knows the original scheme/host,
+            # and its Forwarded and X-Real-IP are believed: this hop is appended to them.
             proto = incoming.get("X-Forwarded-Proto", proto)
             host = incoming.get("X-Forwarded-Host", host)
+            real_ip = incoming.get("X-Real-IP") or real_ip
+            chain = incoming.getall("Forwarded", ())
+            if chain:
+                hop = f"{', '.join(chain)}, {hop}"
         forwarded = [("X-Forwarded-For", ctx.forwarded_for), ("X-Forwarded-Proto", proto)]
         if host:
             forwarded.append(("X-Forwarded-Host", host))
+        if real_ip:
+            forwarded.append(("X-Real-IP", real_ip))
+        forwarded.append(("Forwarded", hop))
         forwarded.append(("X-Request-ID", ctx.request_id))
         return headers, forwarded
+
+    def _merged_drop(self, extra: frozenset[str]) -> frozenset[str]:
+        merged = self._merged.get(extra)
+        if merged is None:
+            if len(self._merged) >= _MERGED_LIMIT:  # a safety net: stages reuse their sets
+                self._merged.clear()
+            merged = self._merged[extra] = spellings(self._drop | extra)
+        return merged
 
     async def _relay(
         self,
@@ -740,4 +822,5 @@ def for_route(route: RouteConfig, services: Services) -> Proxy:
         fallback=breaker.fallback if breaker.enabled else None,
         drop=services.claim_headers,
         tracing=services.tracing,
+        underscores=config.server.underscore_headers == "allow",
     )
