@@ -148,7 +148,7 @@ class GatewayServer:
         try:
             _check_framing(request)
             try:
-                ctx.path = normalize_path(_origin_form(raw_path))
+                ctx.path = normalize_path(_origin_form(raw_path), runtime.config.server.path_flags)
             except InvalidPath as exc:
                 raise BadRequest(f"invalid request path: {exc}") from None
             response = await runtime.entry(ctx)

@@ -9,6 +9,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AliasChoices, BeforeValidator, Field, field_validator, model_validator
 
 from ..headers import GATEWAY_REQUEST_HEADERS, GATEWAY_RESPONSE_HEADERS, HOP_BY_HOP
+from ..pathnorm import ALLOW_PATH_PARAMETERS, InvalidPath, normalize_path
 from ..template import REQUEST_VARIABLES, VARIABLES, TemplateError
 from ..template import parse as parse_template
 from ._access import IpRulesConfig
@@ -292,6 +293,19 @@ class CorsConfig(Model):
         return self
 
 
+def _check_segment_escapes(segment: str, path: str) -> None:
+    """Refuse what the router would: escapes no request path can match (`%2F`, `%2e%2e`, `%zz`).
+
+    `check` must report it with its line, not the daemon when it builds the router.
+    """
+    try:
+        canonical = normalize_path("/" + segment, ALLOW_PATH_PARAMETERS)
+    except InvalidPath as exc:
+        fail(f"invalid segment '{segment}' in '{path}': {exc}")
+    if canonical == "/":
+        fail(f"invalid segment '{segment}' in '{path}': '.' and '..' segments are not allowed")
+
+
 def _check_path(path: str) -> str:
     if not path.startswith("/"):
         fail(f"must start with '/', got '{path}'")
@@ -308,6 +322,8 @@ def _check_path(path: str) -> str:
                 fail(f"segment '{segment}' must be plain text, {{name}} or {{*name}}")
             if not _STATIC_SEGMENT.fullmatch(segment) or segment in (".", ".."):
                 fail(f"invalid segment '{segment}' in '{path}'")
+            if "%" in segment:
+                _check_segment_escapes(segment, path)
             continue
         rest, name = param.groups()
         if not IDENTIFIER.fullmatch(name):
