@@ -182,6 +182,8 @@ class PathRewrite(Model):
             not value.startswith("/") or not _REWRITE_PATH.fullmatch(value) or "//" in value
         ):
             fail(f"must be a path starting with '/', got '{value}'")
+        if value is not None:
+            _check_rewrite_text(value)
         return value
 
     @model_validator(mode="after")
@@ -205,7 +207,32 @@ class PathRewrite(Model):
             ok = name in pattern.groupindex or (index.isdigit() and int(index) <= pattern.groups)
             if not ok:
                 fail(f"refers to a group the regex does not have: {number or name}", "replacement")
+        _check_replacement(self.replacement)
         return self
+
+
+def _check_rewrite_text(text: str, *at: str) -> None:
+    """Refuse rewrite text that has no canonical path form (an encoded slash, a bad escape).
+
+    The rewritten path is forwarded, so it must not bring back what request paths are refused
+    for: an upstream would otherwise serve another resource than the one routed and authorised.
+    """
+    try:
+        normalize_path(text, ALLOW_PATH_PARAMETERS)
+    except InvalidPath as exc:
+        fail(str(exc), *at)
+
+
+def _check_replacement(replacement: str) -> None:
+    """Check the literal text of a regex replacement, each piece between group references.
+
+    Piece by piece, so that a `%` completed by a group (`%\\1`) is refused as malformed; and a
+    backslash that starts no group reference would be a `re` escape (`\\n` is a newline).
+    """
+    for piece in _REWRITE_GROUP_REF.sub("\0", replacement).split("\0"):
+        if "\\" in piece:
+            fail("a backslash may only start a group reference (\\1, \\g<name>)", "replacement")
+        _check_rewrite_text("/" + piece, "replacement")
 
 
 def _status(code: int, *at: str | int) -> int:
