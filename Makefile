@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 # Debian packages the test suite and the benchmark use as real peers (prometheus brings
 # promtool for the alert-rule tests, systemd brings systemd-analyze for the unit check).
-TEST_DEBS := redis-server etcd-server prometheus systemd
+TEST_DEBS := redis-server etcd-server prometheus systemd nginx-light
 BENCH_DEBS := wrk nginx-light
 
 .PHONY: help venv system-deps run test lint format typecheck bench clean

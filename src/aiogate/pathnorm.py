@@ -4,14 +4,27 @@ Routing on one spelling of a path and forwarding another is how traversal bypass
 (``/public/%2e%2e/admin`` routed as ``/public/...`` but served as ``/admin``). So the gateway
 normalises once, routes on the result and forwards exactly that result.
 
+Two more spellings make upstreams see another path than the gateway routed: an encoded slash
+or backslash (`/public/..%2Fadmin` is one segment here, but nginx decodes `%2F` before matching
+and serves `/admin`) and `;` path parameters (Tomcat, Spring and Jetty drop `;...` from every
+segment, so `/public/..;/admin` is `/admin` to them). Both are refused unless the flags say
+otherwise (`server.escaped_slashes`, `server.path_parameters`).
+
 Pure and on the per-request hot path: no I/O, no regex; every table is built at import.
 """
 
 from __future__ import annotations
 
 import string
+from typing import Final
 
-__all__ = ["InvalidPath", "normalize_path"]
+__all__ = ["ALLOW_PATH_PARAMETERS", "UNESCAPE_SLASHES", "InvalidPath", "normalize_path"]
+
+#: Flag (`server.escaped_slashes: unescape`): `%2F`, `%5C` and `\` become `/` before dot
+#: segments are resolved, instead of refusing the path.
+UNESCAPE_SLASHES: Final = 1
+#: Flag (`server.path_parameters: allow`): `;` is an ordinary character, not a refusal.
+ALLOW_PATH_PARAMETERS: Final = 2
 
 
 class InvalidPath(ValueError):
@@ -77,6 +90,18 @@ def _decode(path: str) -> str:
     return "".join(out)
 
 
+def _escaped_slashes(path: str, flags: int) -> str:
+    """Turn `%2F`, `%5C` and `\\` of a decoded path into `/`, or refuse them.
+
+    Kept as written they would be data to the gateway but a separator to many upstreams (nginx
+    decodes `%2F` before matching; Windows servers and some frameworks split on `\\`), so
+    the only safe choices are to decide before routing that they are separators, or to refuse.
+    """
+    if not flags & UNESCAPE_SLASHES:
+        raise InvalidPath("path contains an encoded slash or backslash (%2F, %5C or \\)")
+    return path.replace("%2F", "/").replace("%5C", "/").replace("\\", "/")
+
+
 def _resolve(path: str) -> str:
     """Merge empty segments and remove dot segments (RFC 3986 §5.2.4), never above root."""
     segments = path.split("/")
@@ -94,10 +119,11 @@ def _resolve(path: str) -> str:
     return "/" + "/".join(kept) + trailing
 
 
-def normalize_path(raw: str) -> str:
+def normalize_path(raw: str, flags: int = 0) -> str:
     """Return the canonical percent-encoded form of ``raw`` (a path without the query).
 
-    Raises InvalidPath for anything that cannot be made canonical safely.
+    ``flags`` is a union of `UNESCAPE_SLASHES` and `ALLOW_PATH_PARAMETERS`; 0 is the strict
+    default. Raises InvalidPath for anything that cannot be made canonical safely.
     """
     # One expression of C-level scans (a regex search costs several times more). For ASCII
     # text isprintable() is False exactly for the control characters (< 0x20 and 0x7f);
@@ -111,7 +137,19 @@ def normalize_path(raw: str) -> str:
         or "#" in raw
     ):
         raise _reject(raw)
-    path = _decode(raw) if "%" in raw else raw
+    path = raw
+    if "%" in raw:
+        path = _decode(raw)
+        # The decoder upper-cases the hex, so these two scans catch every spelling; a double
+        # encoding (`%252F`) is `%25` + `2F` and stays data, as every upstream decodes once.
+        if "%2F" in path or "%5C" in path:
+            path = _escaped_slashes(path, flags)
+    if "\\" in path:
+        path = _escaped_slashes(path, flags)
+    if ";" in path and not flags & ALLOW_PATH_PARAMETERS:
+        # Encoded `%3B` is data to everyone and passes; a raw one is a parameter delimiter
+        # to some upstreams, which then serve another resource than the one routed.
+        raise InvalidPath("path contains ';' (path parameters are refused; encode it as %3B)")
     # Every segment follows a '/', so a dot segment always shows up as "/.": checking for that
     # instead of any '.' keeps `/v1/users.json` on the fast path.
     if "/." in path or "//" in path:

@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Generic, TypeVar
 from urllib.parse import quote
 
-from aiogate.pathnorm import InvalidPath, normalize_path
+from aiogate.pathnorm import ALLOW_PATH_PARAMETERS, InvalidPath, normalize_path
 
 __all__ = ["Match", "NoMatch", "RoutePatternError", "Router"]
 
@@ -156,7 +156,9 @@ def _static_segment(segment: str, pattern: str) -> str:
             " '{*name}'; write a literal brace as %7B or %7D"
         )
     try:
-        canonical = normalize_path("/" + quote(segment, safe=_PATTERN_SAFE))
+        # Strict about encoded slashes (no request keeps one, so such a route could never
+        # match), lenient about `;`, which requests carry under `server.path_parameters: allow`.
+        canonical = normalize_path("/" + quote(segment, safe=_PATTERN_SAFE), ALLOW_PATH_PARAMETERS)
     except InvalidPath as exc:
         raise RoutePatternError(f"route {pattern!r}: {exc}") from None
     if canonical == "/":

@@ -150,7 +150,7 @@ class GatewayServer:
             _check_framing(request)
             check_request_head(request, runtime.config.server)
             try:
-                ctx.path = normalize_path(_origin_form(raw_path))
+                ctx.path = normalize_path(_origin_form(raw_path), runtime.config.server.path_flags)
             except InvalidPath as exc:
                 raise BadRequest(f"invalid request path: {exc}") from None
             response = await runtime.entry(ctx)

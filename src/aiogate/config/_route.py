@@ -9,6 +9,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import AliasChoices, BeforeValidator, Field, field_validator, model_validator
 
 from ..headers import GATEWAY_REQUEST_HEADERS, GATEWAY_RESPONSE_HEADERS, HOP_BY_HOP
+from ..pathnorm import ALLOW_PATH_PARAMETERS, InvalidPath, normalize_path
 from ..template import REQUEST_VARIABLES, VARIABLES, TemplateError
 from ..template import parse as parse_template
 from ._access import IpRulesConfig
@@ -181,6 +182,8 @@ class PathRewrite(Model):
             not value.startswith("/") or not _REWRITE_PATH.fullmatch(value) or "//" in value
         ):
             fail(f"must be a path starting with '/', got '{value}'")
+        if value is not None:
+            _check_rewrite_text(value)
         return value
 
     @model_validator(mode="after")
@@ -204,7 +207,32 @@ class PathRewrite(Model):
             ok = name in pattern.groupindex or (index.isdigit() and int(index) <= pattern.groups)
             if not ok:
                 fail(f"refers to a group the regex does not have: {number or name}", "replacement")
+        _check_replacement(self.replacement)
         return self
+
+
+def _check_rewrite_text(text: str, *at: str) -> None:
+    """Refuse rewrite text that has no canonical path form (an encoded slash, a bad escape).
+
+    The rewritten path is forwarded, so it must not bring back what request paths are refused
+    for: an upstream would otherwise serve another resource than the one routed and authorised.
+    """
+    try:
+        normalize_path(text, ALLOW_PATH_PARAMETERS)
+    except InvalidPath as exc:
+        fail(str(exc), *at)
+
+
+def _check_replacement(replacement: str) -> None:
+    """Check the literal text of a regex replacement, each piece between group references.
+
+    Piece by piece, so that a `%` completed by a group (`%\\1`) is refused as malformed; and a
+    backslash that starts no group reference would be a `re` escape (`\\n` is a newline).
+    """
+    for piece in _REWRITE_GROUP_REF.sub("\0", replacement).split("\0"):
+        if "\\" in piece:
+            fail("a backslash may only start a group reference (\\1, \\g<name>)", "replacement")
+        _check_rewrite_text("/" + piece, "replacement")
 
 
 def _status(code: int, *at: str | int) -> int:
@@ -292,6 +320,19 @@ class CorsConfig(Model):
         return self
 
 
+def _check_segment_escapes(segment: str, path: str) -> None:
+    """Refuse what the router would: escapes no request path can match (`%2F`, `%2e%2e`, `%zz`).
+
+    `check` must report it with its line, not the daemon when it builds the router.
+    """
+    try:
+        canonical = normalize_path("/" + segment, ALLOW_PATH_PARAMETERS)
+    except InvalidPath as exc:
+        fail(f"invalid segment '{segment}' in '{path}': {exc}")
+    if canonical == "/":
+        fail(f"invalid segment '{segment}' in '{path}': '.' and '..' segments are not allowed")
+
+
 def _check_path(path: str) -> str:
     if not path.startswith("/"):
         fail(f"must start with '/', got '{path}'")
@@ -308,6 +349,8 @@ def _check_path(path: str) -> str:
                 fail(f"segment '{segment}' must be plain text, {{name}} or {{*name}}")
             if not _STATIC_SEGMENT.fullmatch(segment) or segment in (".", ".."):
                 fail(f"invalid segment '{segment}' in '{path}'")
+            if "%" in segment:
+                _check_segment_escapes(segment, path)
             continue
         rest, name = param.groups()
         if not IDENTIFIER.fullmatch(name):

@@ -21,6 +21,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..pathnorm import ALLOW_PATH_PARAMETERS, UNESCAPE_SLASHES
 from ._access import IpRulesConfig
 from ._auth import ApiKeyConfig, ApiKeyEntry, AuthConfig, JwtConfig
 from ._base import IpNetwork, Model, fail, one_or_many, split_host_port
@@ -104,6 +105,17 @@ class ServerConfig(Model):
     max_headers: int = Field(default=100, gt=0)
     #: Header names with `_`: drop them before forwarding, answer 400, or forward them.
     underscore_headers: Literal["drop", "reject", "allow"] = "drop"
+    #: `%2F`, `%5C` or `\\` in a request path: refused (400) or made a `/` before routing.
+    escaped_slashes: Literal["reject", "unescape"] = "reject"
+    #: `;` in a request path: refused (400), or kept as an ordinary character.
+    path_parameters: Literal["reject", "allow"] = "reject"
+
+    @property
+    def path_flags(self) -> int:
+        """Both path settings as `normalize_path` flags; read per request, so a reload applies."""
+        return (UNESCAPE_SLASHES if self.escaped_slashes == "unescape" else 0) | (
+            ALLOW_PATH_PARAMETERS if self.path_parameters == "allow" else 0
+        )
 
     @property
     def host(self) -> str:

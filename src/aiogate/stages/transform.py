@@ -23,7 +23,8 @@ from aiohttp import hdrs, web
 
 from ..config import JsonBodyTransform, PathRewrite, RouteConfig, Transformations
 from ..context import RequestContext
-from ..errors import PayloadTooLarge
+from ..errors import BadRequest, PayloadTooLarge
+from ..pathnorm import ALLOW_PATH_PARAMETERS, InvalidPath, normalize_path
 from ..template import REQUEST_VARIABLES, VARIABLES, Part, Var, parse
 from . import Next
 from .proxy import answer_expectation
@@ -37,6 +38,9 @@ __all__ = ["JsonEdit", "Template", "Transform", "compile_rewrite", "compile_temp
 Getter = Callable[[RequestContext], str]
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _PARAM: Final = re.compile(r"\{\*[^{}]*\}$")
+# A `;` in a rewritten path is the operator's own text or was let in by
+# `server.path_parameters: allow`; an encoded slash or backslash is always refused.
+_REWRITE_FLAGS: Final = ALLOW_PATH_PARAMETERS
 
 
 def _clean(value: str) -> str:
@@ -104,10 +108,18 @@ def compile_rewrite(rewrite: PathRewrite, route_path: str) -> Callable[[str], st
 
         def by_regex(path: str) -> str:
             out = pattern.sub(replacement, path, count=1)
-            return out if out.startswith("/") else "/" + out
+            # Groups can cut segments and escapes apart (`\1/..`, `%2` + `F`), so the result
+            # is normalised like a request path: the upstream gets the one form it would
+            # resolve it to, and an encoded slash never comes back (config checks the rest).
+            try:
+                return normalize_path(out if out.startswith("/") else "/" + out, _REWRITE_FLAGS)
+            except InvalidPath as exc:
+                raise BadRequest(f"the rewritten path is invalid: {exc}") from None
 
         return by_regex
-    prefix = (rewrite.prefix or "/").rstrip("/")
+    # Config validation refused what has no canonical form; this resolves `.`/`..` and
+    # decodes unreserved escapes, so prefix + (canonical) rest is canonical.
+    prefix = normalize_path(rewrite.prefix or "/", _REWRITE_FLAGS).rstrip("/")
     # The segments the route's pattern matched ({param}s count, a trailing {*rest} does not).
     pattern_path = _PARAM.sub("", route_path).rstrip("/")
     segments = pattern_path.count("/")

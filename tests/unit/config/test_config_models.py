@@ -20,6 +20,7 @@ from aiogate.config import (
     ServerConfig,
     UpstreamConfig,
 )
+from aiogate.pathnorm import ALLOW_PATH_PARAMETERS, UNESCAPE_SLASHES
 
 
 @pytest.mark.parametrize(
@@ -82,6 +83,29 @@ def test_bad_listen(listen: str, message: str) -> None:
         ServerConfig(listen=listen)
 
 
+@pytest.mark.parametrize(
+    ("yaml", "flags"),
+    [
+        ("{}", 0),
+        ("{escaped_slashes: unescape}", UNESCAPE_SLASHES),
+        ("{path_parameters: allow}", ALLOW_PATH_PARAMETERS),
+        ("{escaped_slashes: unescape, path_parameters: allow}", 3),
+        ("{escaped_slashes: reject, path_parameters: reject}", 0),
+    ],
+)
+def test_path_settings(load_text: LoadText, yaml: str, flags: int) -> None:
+    assert load_text(f"server: {yaml}\n").server.path_flags == flags
+
+
+def test_bad_path_settings(errors: Errors) -> None:
+    found = errors("server:\n  escaped_slashes: keep\n  path_parameters: strip\n")
+    assert len(found) == 2, found
+    assert found[0].startswith("2:20: server.escaped_slashes: "), found
+    assert "'reject'" in found[0]
+    assert "'unescape'" in found[0]
+    assert found[1].startswith("3:20: server.path_parameters: "), found
+
+
 def test_trusted_proxies(load_text: LoadText, errors: Errors) -> None:
     cfg = load_text("server: {trusted_proxies: [10.0.0.0/8, '::1', 192.168.1.7]}\n")
     assert cfg.server.trusted_proxies == (
@@ -121,6 +145,12 @@ def test_good_route_paths(path: str) -> None:
         ("/a/../b", "invalid segment '..'"),
         ("/a b", "invalid segment 'a b'"),
         ("/a?b", "invalid segment"),
+        # No request path keeps an encoded slash or backslash: the route could never match.
+        ("/a%2Fb", "invalid segment 'a%2Fb' in '/a%2Fb': path contains an encoded slash"),
+        ("/a/x%5c", "encoded slash or backslash"),
+        ("/a\\b", "invalid segment"),
+        ("/a/%2e%2e/b", "'.' and '..' segments are not allowed"),
+        ("/a/%zz", "malformed percent-encoding"),
     ],
 )
 def test_bad_route_paths(path: str, message: str) -> None:

@@ -132,3 +132,32 @@ def test_cors_origin_errors(errors: Errors) -> None:
     found = errors(BASE + "    cors: {allowed_origins: '*', allow_credentials: true}\n")
     assert len(found) == 1
     assert "allow_credentials" in found[0]
+
+
+def test_rewrite_text_must_have_a_canonical_form(errors: Errors) -> None:
+    """A rewrite must not bring back an encoded slash or a `re` escape the request path lacks."""
+    at = "routes[0].transformations.request.rewrite"
+    cases = [
+        ("{prefix: /a%2Fb}", "prefix", "encoded slash or backslash"),
+        ("{prefix: /a%zz}", "prefix", "malformed percent-encoding"),
+        ("{regex: '^/v1/(.*)$', replacement: '/x%2f\\1'}", "replacement", "encoded slash"),
+        ("{regex: '^/v1/(.*)$', replacement: '/x%\\1'}", "replacement", "malformed"),
+        ("{regex: '^/v1/(.*)$', replacement: '/x%2\\1'}", "replacement", "malformed"),
+        ("{regex: '^/v1/(.*)$', replacement: '/x\\n\\1'}", "replacement", "a backslash may only"),
+        ("{regex: '^/v1/(.*)$', replacement: '/x\\\\\\1'}", "replacement", "a backslash may only"),
+    ]
+    for rewrite, key, message in cases:
+        found = errors(BASE + f"    transformations: {{request: {{rewrite: {rewrite}}}}}\n")
+        assert len(found) == 1, (rewrite, found)
+        assert f"{at}.{key}: " in found[0], (rewrite, found)
+        assert message in found[0], (rewrite, found)
+
+
+def test_rewrite_text_that_is_canonical_or_resolvable_loads(load_text: LoadText) -> None:
+    for rewrite in (
+        "{prefix: /a/../b}",
+        "{prefix: '/x;v=1'}",
+        "{regex: '^/v1/(.*)$', replacement: '/v2/%7E\\1/%20\\g<1>'}",
+    ):
+        cfg = load_text(BASE + f"    transformations: {{request: {{rewrite: {rewrite}}}}}\n")
+        assert cfg.routes[0].transformations is not None, rewrite

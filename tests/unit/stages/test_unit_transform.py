@@ -11,7 +11,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from aiogate.config import JsonBodyTransform, PathRewrite, RouteConfig, Transformations
 from aiogate.context import RequestContext
-from aiogate.errors import PayloadTooLarge
+from aiogate.errors import BadRequest, PayloadTooLarge
 from aiogate.stages.transform import JsonEdit, Transform, compile_rewrite, compile_template
 from aiogate.template import TemplateError, Var, parse
 
@@ -56,6 +56,44 @@ def test_template_constants_render_without_a_request() -> None:
 )
 def test_prefix_rewrite(route: str, prefix: str, path: str, expected: str) -> None:
     assert compile_rewrite(PathRewrite(prefix=prefix), route)(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("prefix", "path", "expected"),
+    [
+        # A prefix is forwarded in canonical form: what the upstream would resolve it to.
+        ("/a/./b", "/v1/x", "/a/b/x"),
+        ("/a/../b", "/v1/x", "/b/x"),
+        ("/%61pi", "/v1/x", "/api/x"),
+        ("/x;v=1", "/v1/x", "/x;v=1/x"),
+    ],
+)
+def test_prefix_rewrite_is_canonical(prefix: str, path: str, expected: str) -> None:
+    assert compile_rewrite(PathRewrite(prefix=prefix), "/v1")(path) == expected
+
+
+@pytest.mark.parametrize(
+    ("regex", "replacement", "path", "expected"),
+    [
+        # Groups cut segments apart: the `..` a capture brings is resolved, not forwarded.
+        (r"^/a/x(.*)$", r"/b/\1/c", "/a/x..", "/c"),
+        (r"^/v1/(.*)$", r"/v2/./\1", "/v1/users", "/v2/users"),
+        (r"^/v1(.*)$", r"/v2/\1", "/v1/users", "/v2/users"),
+        (r"^/v1/(.*)$", r"/v2/%7e\1", "/v1/u", "/v2/~u"),
+    ],
+)
+def test_regex_rewrite_result_is_canonical(
+    regex: str, replacement: str, path: str, expected: str
+) -> None:
+    rewrite = compile_rewrite(PathRewrite(regex=regex, replacement=replacement), "/")
+    assert rewrite(path) == expected
+
+
+def test_regex_rewrite_never_forwards_an_encoded_slash() -> None:
+    # A group completes an escape the literal text began: `%2` + `F` is an encoded slash.
+    rewrite = compile_rewrite(PathRewrite(regex=r"^/a/(x%2)5(.*)$", replacement=r"/b/\1F\2"), "/")
+    with pytest.raises(BadRequest, match="encoded slash"):
+        rewrite("/a/x%25admin")
 
 
 def test_regex_rewrite() -> None:
