@@ -23,7 +23,6 @@ from .runtime_types import CompiledRoute
 from .stages import Next
 from .stages.auth import claim_header_names
 from .stages.build import Services, build_chain
-from .stages.cors import policy_for as cors_policy_for
 from .stages.routing import Routing
 from .tracing import Tracing
 from .upstream.health import HealthChecker
@@ -99,7 +98,7 @@ class Runtime:
         routes: list[tuple[str, frozenset[str] | None, CompiledRoute]] = []
         for route in config.routes:
             handler = build_chain(route, services, wrap=wrap)
-            has_cors = cors_policy_for(route, config) is not None
+            has_cors = services.policy(route).cors is not None
             compiled = CompiledRoute(route.label, route, handler, cors=has_cors)
             methods = frozenset(route.methods) if route.methods is not None else None
             routes.append((route.path, methods, compiled))

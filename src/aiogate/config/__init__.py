@@ -38,10 +38,13 @@ from .model import (
     UpstreamConfig,
     UpstreamTlsConfig,
 )
+from .policy import RoutePolicy, breaker_for, route_policy
 from .redact import REDACTED, redacted
 from .units import parse_duration, parse_size
 
 __all__ = [
+    "breaker_for",
+    "route_policy",
     "REDACTED",
     "AdminConfig",
     "ApiKeyConfig",
@@ -73,6 +76,7 @@ __all__ = [
     "RetriesConfig",
     "RouteAuth",
     "RouteConfig",
+    "RoutePolicy",
     "RouteRateLimit",
     "ServerConfig",
     "TracingConfig",

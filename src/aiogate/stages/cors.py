@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, ClassVar, Final
 
 from aiohttp import web
 
-from ..config import CorsConfig, GatewayConfig, RouteConfig
+from ..config import CorsConfig, RouteConfig
 from ..context import RequestContext
 from ..errors import Forbidden
 from . import Next
@@ -175,11 +175,6 @@ def _tokens(value: str) -> str:
     return ", ".join(n for n in names if n and all(c.isalnum() or c in "-_" for c in n))
 
 
-def policy_for(route: RouteConfig, config: GatewayConfig) -> CorsConfig | None:
-    """The route's own CORS policy, else the top-level default (None: no CORS)."""
-    return route.cors or config.cors
-
-
 def for_route(route: RouteConfig, services: Services) -> Cors | None:
-    policy = policy_for(route, services.config)
+    policy = services.policy(route).cors
     return Cors(policy, route.methods) if policy is not None else None

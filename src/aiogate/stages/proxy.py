@@ -807,18 +807,18 @@ class Proxy:
 def for_route(route: RouteConfig, services: Services) -> Proxy:
     """The route's terminal stage, with the route's settings over its upstream's."""
     pool = services.pools[route.upstream]
-    upstream = pool.config
+    policy = services.policy(route)
     config = services.config
-    breaker = upstream.circuit_breaker or config.circuit_breaker
+    breaker = policy.breaker
     return Proxy(
         pool,
-        timeout=route.timeout if route.timeout is not None else upstream.timeout,
+        timeout=policy.timeout,
         max_body_size=config.server.max_body_size,
         recorder=services.recorder,
-        connect_timeout=route.connect_timeout,  # None: the upstream's
-        read_timeout=route.read_timeout or upstream.read_timeout,
-        retries=route.retries or upstream.retries,
-        budget=None if route.retries is not None else services.budgets[upstream.name],
+        connect_timeout=policy.connect_timeout,
+        read_timeout=policy.read_timeout,
+        retries=policy.retries,
+        budget=None if policy.own_retry_budget else services.budgets[pool.name],
         fallback=breaker.fallback if breaker.enabled else None,
         drop=services.claim_headers,
         tracing=services.tracing,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from ..config import RoutePolicy, route_policy
 
 if TYPE_CHECKING:
     from ..auth import AuthServices
-    from ..config import GatewayConfig
+    from ..config import GatewayConfig, RouteConfig
     from ..iprules import IpRulesPlan
     from ..metrics import RequestRecorder
     from ..ratelimit import RateLimitPlan
@@ -33,3 +35,12 @@ class Services:
     tracing: Tracing | None
     #: Headers the gateway fills from JWT claims: never taken from a client, on any route.
     claim_headers: frozenset[str]
+    _policies: dict[int, RoutePolicy] = field(default_factory=dict)
+
+    def policy(self, route: RouteConfig) -> RoutePolicy:
+        """The route's settings in force (its own, else its upstream's, else the defaults),
+        resolved once per Runtime by the config's one rule (`config/policy.py`)."""
+        policy = self._policies.get(id(route))
+        if policy is None:
+            policy = self._policies[id(route)] = route_policy(route, self.config)
+        return policy

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable
 
 from .. import log
-from ..config import CircuitBreakerConfig, UpstreamConfig
+from ..config import CircuitBreakerConfig, UpstreamConfig, breaker_for
 from ..metrics import BACKEND_EJECTIONS, BACKEND_HEALTHY, CIRCUIT_STATE, CIRCUIT_TRANSITIONS
 from .breaker import STATE_NAMES, CircuitBreaker
 
@@ -304,7 +304,7 @@ class StateRegistry:
         for config in upstreams:
             before = old.get(config.name)
             state = UpstreamState(config.name, before._version if before is not None else None)
-            breaker_config = config.circuit_breaker or default_breaker
+            breaker_config = breaker_for(config, default_breaker)
             unchecked = config.health_check is None
             if unchecked:
                 self._unchecked.add(config.name)
