@@ -9,14 +9,18 @@ from ._types import AuthFailure, Consumer
 from .apikey import ApiKeyVerifier, KeyRecord
 from .jwks import JwksKeySet
 from .jwt import JwtVerifier
+from .methods import ApiKeyMethod, AuthMethod, JwtMethod
 from .service import AuthServices
 
 __all__ = [
+    "ApiKeyMethod",
     "ApiKeyVerifier",
+    "AuthMethod",
     "AuthFailure",
     "AuthServices",
     "Consumer",
     "JwksKeySet",
+    "JwtMethod",
     "JwtVerifier",
     "KeyRecord",
 ]

@@ -16,6 +16,7 @@ from ..config import AuthConfig
 from .apikey import ApiKeyVerifier, RedisKeyStore
 from .jwks import JwksKeySet
 from .jwt import JwtVerifier
+from .methods import ApiKeyMethod, AuthMethod, JwtMethod
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -63,6 +64,12 @@ class AuthServices:
             self.api_key = ApiKeyVerifier(key_config, store=store)
             if store is not None and previous is not None and previous.api_key is not None:
                 self.api_key.adopt(previous.api_key)
+        #: The configured auth methods by name (a route's `auth: {type: NAME}`).
+        self.methods: dict[str, AuthMethod] = {}
+        if self.jwt is not None and jwt_config is not None:
+            self.methods[JwtMethod.name] = JwtMethod(jwt_config, self.jwt)
+        if self.api_key is not None and key_config is not None:
+            self.methods[ApiKeyMethod.name] = ApiKeyMethod(key_config, self.api_key)
 
     async def start(self) -> None:
         if self.jwks is not None and self._task is None:

@@ -8,7 +8,7 @@ and logged as `auth_failed` with its reason; the credential itself is never logg
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 from urllib.parse import unquote_plus
 
@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from .. import log
-from ..auth import AuthFailure, Consumer
+from ..auth import AuthFailure, AuthMethod, Consumer
 from ..config import AuthConfig, RouteAuth, RouteConfig
 from ..context import RequestContext
 from ..errors import BadRequest, Forbidden, GatewayError, ServiceUnavailable, Unauthorized
@@ -30,64 +30,40 @@ if TYPE_CHECKING:
 __all__ = ["Authenticate", "claim_header_names"]
 
 _MISSING: Final = "missing_credentials"
-_DUPLICATE: Final = "duplicate_credentials"
 
 
 class Authenticate:
     name: ClassVar[str] = "auth"
 
     __slots__ = (
-        "_api_key",
         "_challenge",
         "_claim_rules",
-        "_cookie",
         "_drop",
         "_drop_cookie",
         "_failures",
-        "_jwt",
-        "_jwt_query",
-        "_key_header",
-        "_key_query",
+        "_methods",
         "_required_claims",
         "_route",
         "_strip_cookie",
         "_strip_query",
-        "_types",
     )
 
     def __init__(self, route: str, policy: RouteAuth, services: AuthServices) -> None:
-        config = services.config
         self._route = route
-        self._types = policy.types
-        self._jwt = services.jwt if "jwt" in policy.types else None
-        self._api_key = services.api_key if "api_key" in policy.types else None
-        self._challenge = f'Bearer realm="{config.realm}"'
-        drop: set[str] = set()
-        strip_query: set[str] = set()
-        self._cookie: str | None = None
-        self._jwt_query: str | None = None
-        self._key_header: str | None = None
-        self._key_query: str | None = None
-        # The token's cookie, cut from the upstream's Cookie header (forward_token: false).
-        self._strip_cookie: str | None = None
+        self._challenge = f'Bearer realm="{services.config.realm}"'
+        # In the route's `type` order; the config checks that each type is configured.
+        self._methods: tuple[AuthMethod, ...] = tuple(
+            services.methods[kind] for kind in policy.types if kind in services.methods
+        )
         # forward_claims names are not here: the proxy drops them on every route, public ones
         # included (see claim_header_names).
-        if self._jwt is not None and config.jwt is not None:
-            self._cookie = config.jwt.cookie
-            self._jwt_query = config.jwt.query_param
-            if not config.jwt.forward_token:
-                drop.add("authorization")
-                self._strip_cookie = config.jwt.cookie
-        if self._api_key is not None and config.api_key is not None:
-            self._key_header = config.api_key.header
-            self._key_query = config.api_key.query_param
-            drop.add(self._key_header.lower())
-        for param in (self._jwt_query, self._key_query):
-            if param is not None:
-                strip_query.add(param)
-        self._drop = frozenset(drop)
+        self._drop = frozenset().union(*(method.drop_headers for method in self._methods))
         self._drop_cookie = self._drop | {"cookie"}
-        self._strip_query = frozenset(strip_query)
+        self._strip_query = frozenset().union(*(method.strip_query for method in self._methods))
+        # The token's cookie, cut from the upstream's Cookie header (forward_token: false).
+        self._strip_cookie = next(
+            (method.strip_cookie for method in self._methods if method.strip_cookie), None
+        )
         self._required_claims = policy.required_claims
         self._claim_rules: tuple[tuple[str, frozenset[str]], ...] = tuple(
             (claim, frozenset((rule,) if isinstance(rule, str) else rule))
@@ -116,48 +92,13 @@ class Authenticate:
 
     async def _authenticate(self, ctx: RequestContext) -> Consumer:
         """The first credential present, in the route's `type` order, decides."""
-        for kind in self._types:
-            if kind == "jwt" and self._jwt is not None:
-                token = self._token(ctx)
-                if token is not None:
-                    return await self._jwt.verify(token)
-            elif kind == "api_key" and self._api_key is not None:
-                key = self._key(ctx)
-                if key is not None:
-                    return await self._api_key.verify(key)
+        request = ctx.request
+        query = ctx.query
+        for method in self._methods:
+            credential = method.find(request, query)
+            if credential is not None:
+                return await method.verify(credential)
         raise AuthFailure(_MISSING, "credentials are required")
-
-    def _token(self, ctx: RequestContext) -> str | None:
-        headers = ctx.request.headers
-        value = headers.get("Authorization")
-        if value is not None and value[:7].lower() == "bearer ":
-            token = value[7:].strip()
-            if not token:
-                raise AuthFailure("malformed_token", "the bearer token is empty")
-            return token
-        if self._cookie is not None:
-            cookie = ctx.request.cookies.get(self._cookie)
-            if cookie:
-                if _cookie_count(headers.getall("Cookie", ()), self._cookie) > 1:
-                    # The cookie parser keeps one of them; an upstream may read the other.
-                    raise AuthFailure(_DUPLICATE, "more than one token cookie", 400)
-                return cookie
-        if self._jwt_query is not None and ctx.query:
-            return _query_value(ctx.query, self._jwt_query)
-        return None
-
-    def _key(self, ctx: RequestContext) -> str | None:
-        assert self._key_header is not None
-        keys = ctx.request.headers.getall(self._key_header, ())
-        if len(keys) > 1:
-            # The gateway would check the first while an upstream may read another.
-            raise AuthFailure(_DUPLICATE, f"more than one {self._key_header} header", 400)
-        key = keys[0] if keys else None
-        if key:
-            return key.strip()
-        if self._key_query is not None and ctx.query:
-            return _query_value(ctx.query, self._key_query)
-        return None
 
     def _drop_token_cookie(self, ctx: RequestContext, name: str) -> None:
         """Forward the client's Cookie headers without the token's cookie.
@@ -226,17 +167,6 @@ def claim_header_names(config: AuthConfig) -> frozenset[str]:
     return frozenset(header.lower() for header in config.jwt.forward_claims.values())
 
 
-def _cookie_count(headers: Sequence[str], name: str) -> int:
-    """How many `name=` pairs the Cookie headers hold (a substring test first: cheap)."""
-    return sum(
-        1
-        for header in headers
-        if name in header
-        for pair in header.split(";")
-        if pair.partition("=")[0].strip() == name
-    )
-
-
 def _without_cookie(header: str, name: str) -> str:
     """A Cookie header value minus every `name=` pair; the other pairs stay byte-exact."""
     kept = [pair for pair in header.split(";") if pair.partition("=")[0].strip() != name]
@@ -254,14 +184,6 @@ def _claim_values(value: Any) -> frozenset[str]:
     if isinstance(value, int):
         return frozenset((str(value),))
     return frozenset()
-
-
-def _query_value(query: str, name: str) -> str | None:
-    for part in query.split("&"):
-        key, sep, value = part.partition("=")
-        if sep and unquote_plus(key) == name and value:
-            return unquote_plus(value)
-    return None
 
 
 def _without_params(query: str, names: frozenset[str]) -> str:
