@@ -16,6 +16,7 @@ from aiohttp import web
 __all__ = [
     "BadGateway",
     "BadRequest",
+    "BodyTimeout",
     "ExpectationFailed",
     "Forbidden",
     "GatewayError",
@@ -83,6 +84,15 @@ class MethodNotAllowed(GatewayError):
 class RequestTimeout(GatewayError):
     status = 408
     code = "request_timeout"
+
+
+class BodyTimeout(RequestTimeout):
+    """The client stopped sending its request body, or sent it too slowly (408, then close).
+
+    The connection sets it on the request's body stream (server.py), so every reader of the
+    body gets it from its read: a GatewayError already, it needs no mapping at each reader,
+    and aborts an upstream request that was streaming the body as any other error does.
+    """
 
 
 class PayloadTooLarge(GatewayError):

@@ -33,6 +33,7 @@ __all__ = [
     "CONFIG_HASH",
     "CONFIG_LOADED_TIME",
     "CONFIG_RELOADS",
+    "CONNECTIONS_REFUSED",
     "CONTENT_TYPE",
     "DISCOVERY_BACKENDS",
     "DISCOVERY_UP",
@@ -80,6 +81,11 @@ ACTIVE_CONNECTIONS: Final = Gauge(
     "aiogate_active_connections",
     "Client connections open on the proxy listener.",
     multiprocess_mode="livesum",
+)
+CONNECTIONS_REFUSED: Final = Counter(
+    "aiogate_connections_refused_total",
+    "Client connections closed unserved as soon as they were accepted, by reason.",
+    ["reason"],
 )
 RATELIMIT_REJECTIONS: Final = Counter(
     "aiogate_ratelimit_rejections_total",

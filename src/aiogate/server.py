@@ -24,9 +24,11 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
 from . import log
+from .bodywatch import BodyWatch
 from .context import RequestContext
 from .errors import (
     BadRequest,
+    BodyTimeout,
     GatewayError,
     HeaderFieldsTooLarge,
     InternalError,
@@ -34,7 +36,7 @@ from .errors import (
     error_body,
     render_error,
 )
-from .metrics import ACTIVE_CONNECTIONS
+from .metrics import ACTIVE_CONNECTIONS, CONNECTIONS_REFUSED
 from .pathnorm import InvalidPath, normalize_path
 from .requestcheck import check_request_head
 from .runtime import Runtime, RuntimeHolder
@@ -46,6 +48,8 @@ __all__ = ["GatewayServer"]
 _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._:+=/-]{1,128}")
 _HEALTHZ_BODY: Final = b'{"status":"ok"}'
 _LINGER_AFTER_408: Final = 1.0
+# Created up front so the series exists (at 0) before the first refusal: rate() needs it.
+_REFUSED_MAX_CONNECTIONS: Final = CONNECTIONS_REFUSED.labels("max_connections")
 
 
 # Request ids correlate logs; they are not secrets. A PRNG seeded from the OS avoids a
@@ -268,47 +272,81 @@ class _Server(web.Server):
     def __init__(self, handler: Any, *, holder: RuntimeHolder, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self._holder = holder
+        #: Connections being served (refused ones never count): `server.max_connections`.
+        self.open_connections = 0
 
     def __call__(self) -> RequestHandler:
         return _Protocol(self, holder=self._holder, loop=self._loop, **self._kwargs)
 
 
 class _Protocol(RequestHandler):
-    """aiohttp's connection handler plus a request-head deadline and JSON protocol errors.
+    """aiohttp's connection handler plus slow-client deadlines, a connection cap and JSON
+    protocol errors.
 
     aiohttp bounds idle keep-alive time but not how long a client may take to send a request
-    head, so a slowloris client could hold a connection open forever by trickling header bytes.
+    head or body, so a slowloris client could hold a connection open forever by trickling bytes.
     The head timer runs from the first byte of each request head (and from connection start) to
     the moment the parser has the full head; if it fires first the client gets 408 and is closed.
+    The body timer runs while a request body is on its way (see bodywatch.py): a body that
+    stalls, or crawls, fails its reader with BodyTimeout, so the client gets 408, the upstream
+    request is aborted, and the connection is closed.
     """
 
     __slots__ = (
+        "_body",
+        "_body_timed_out",
+        "_body_timer",
+        "_body_watch",
         "_head_count",
         "_head_timer",
         "_header_timeout",
         "_holder",
         "_lingering",
+        "_listener",
+        "_refused",
         "_seen_bytes",
     )
 
-    def __init__(self, manager: web.Server, *, holder: RuntimeHolder, **kwargs: Any) -> None:
+    def __init__(self, manager: _Server, *, holder: RuntimeHolder, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._holder = holder
+        self._listener = manager
         self._header_timeout = holder.current.config.server.header_timeout
         self._head_timer: asyncio.TimerHandle | None = None
         self._head_count = 0
         self._seen_bytes = False
         self._lingering = False
+        self._refused = False
+        # The body being received (the newest request's, until its end) and its clock.
+        self._body: StreamReader | None = None
+        self._body_watch: BodyWatch | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_timed_out = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        listener = self._listener
+        # Read per connection, so a reload that changes the cap applies at once.
+        if listener.open_connections >= self._holder.current.config.server.max_connections:
+            # Over the cap: closed at once, nothing read or written, before aiohttp sets up
+            # anything for it. Accepting and closing (rather than leaving it in the listen
+            # backlog) frees the descriptor at once and tells the client straight away.
+            self._refused = True
+            _REFUSED_MAX_CONNECTIONS.inc()
+            transport.close()
+            return
+        listener.open_connections += 1
         super().connection_made(transport)
         ACTIVE_CONNECTIONS.inc()
         self._arm_head_timer()
 
     def connection_lost(self, exc: BaseException | None) -> None:
+        if self._refused:
+            return  # aiohttp never knew this connection
+        self._listener.open_connections -= 1
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        self._stop_body_watch()
         ACTIVE_CONNECTIONS.dec()
         super().connection_lost(exc)
 
@@ -324,10 +362,21 @@ class _Protocol(RequestHandler):
             self._arm_head_timer()
         if data:
             self._seen_bytes = True
+        body = self._body
+        if body is not None and self._body_watch is not None:
+            # Before parsing: these bytes are (mostly) the body's, and parsing may end it.
+            self._body_watch.arrived(self._loop.time())
         queued = len(self._messages)
         super().data_received(data)
-        if len(self._messages) > queued and isinstance(self._messages[-1][0], _ErrInfo):
-            self._fail_current_body(self._messages[-1][0])
+        if body is not None and (body.is_eof() or body.exception() is not None):
+            self._stop_body_watch()
+        if len(self._messages) > queued:
+            message, payload = self._messages[-1]
+            if isinstance(message, _ErrInfo):
+                self._fail_current_body(message)
+            elif not payload.is_eof() and not self._upgraded:
+                # A new request whose body is still on its way (costs nothing otherwise).
+                self._watch_body(payload)
         if self._request_count != self._head_count:
             self._head_count = self._request_count
             if self._head_timer is not None:
@@ -352,6 +401,74 @@ class _Protocol(RequestHandler):
                 exc = BadHttpMessage(error.message)
             set_exception(content, exc)
 
+    def _watch_body(self, payload: StreamReader) -> None:
+        """Start the body clock; the settings are read now, so a reload applies at once."""
+        server = self._holder.current.config.server
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+        watch = BodyWatch(
+            server.body_timeout, server.body_min_rate, self._loop.time(), payload.total_bytes
+        )
+        self._body = payload
+        self._body_watch = watch
+        self._body_timer = self._loop.call_at(watch.next_check(), self._body_tick)
+
+    def _stop_body_watch(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+        self._body = None
+        self._body_watch = None
+
+    def _body_tick(self) -> None:
+        self._body_timer = None
+        body, watch = self._body, self._body_watch
+        if body is None or watch is None or body.is_eof() or body.exception() is not None:
+            self._stop_body_watch()
+            return
+        now = self._loop.time()
+        received = body.total_bytes
+        # A reader blocked on the stream is the gateway waiting for the client. Nobody
+        # waiting: the body is buffered unread (the upstream takes it slowly, reading is
+        # paused) or no stage reads it yet (a request queued behind another, 100-continue
+        # not sent yet): the client is not the one holding things up.
+        if body._waiter is None:
+            self._body_timer = self._loop.call_at(watch.busy(now, received), self._body_tick)
+            return
+        reason = watch.expired(now, received)
+        if reason is None:
+            self._body_timer = self._loop.call_at(watch.next_check(), self._body_tick)
+            return
+        self._body = None
+        self._body_watch = None
+        # The reader gets the error from its read: the request's handler answers 408 (if no
+        # response has started) and an upstream request streaming this body is aborted.
+        self._body_timed_out = True
+        set_exception(body, BodyTimeout(reason))
+
+    async def finish_response(
+        self, request: web.BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        result = await super().finish_response(request, resp, start_time)
+        if self._body_timed_out:
+            # aiohttp would next read the rest of the body to linger, and get the timeout
+            # error again: this connection is done, close it our way instead.
+            self._force_close = True
+            self._linger_close()
+        return result
+
+    def _linger_close(self) -> None:
+        """Lingering close, as nginx does: the slow client may still be sending, and closing
+        on unread bytes makes the kernel send RST, which can destroy the 408 before the
+        client reads it. Half-close, discard what still arrives, close a moment later."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        self._lingering = True
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(_LINGER_AFTER_408, self.force_close)
+
     def _arm_head_timer(self) -> None:
         self._seen_bytes = False
         self._head_timer = self._loop.call_later(self._header_timeout, self._head_timed_out)
@@ -371,13 +488,7 @@ class _Protocol(RequestHandler):
             )
             self._holder.current.recorder.error("request_timeout")
             self._record_unparsed(408, request_id)
-            # Lingering close, as nginx does: a slowloris client is still sending, and closing
-            # on unread bytes makes the kernel send RST, which can destroy the 408 before the
-            # client reads it. Half-close, discard what still arrives, close a moment later.
-            self._lingering = True
-            if transport.can_write_eof():
-                transport.write_eof()
-            self._loop.call_later(_LINGER_AFTER_408, self.force_close)
+            self._linger_close()
             return
         self.force_close()
 

@@ -100,6 +100,12 @@ class ServerConfig(Model):
     header_timeout: Annotated[Duration, Field(gt=0)] = 10.0
     idle_timeout: Annotated[Duration, Field(gt=0)] = 75.0
     trusted_proxies: Annotated[tuple[IpNetwork, ...], BeforeValidator(one_or_many)] = ()
+    #: Longest wait for the next bytes of a request body the gateway is reading: 408 and close.
+    body_timeout: Annotated[Duration, Field(gt=0)] = 30.0
+    #: Bytes per second a body must keep up over each `body_timeout` of waiting; 0 = no check.
+    body_min_rate: Annotated[Size, Field(ge=0)] = 1024
+    #: Open client connections per worker; connections beyond it are closed at once.
+    max_connections: int = Field(default=10_000, ge=1)
     shutdown_timeout: Annotated[Duration, Field(ge=0)] = 30.0
     max_header_size: Annotated[Size, Field(gt=0)] = 8 * 1024
     max_headers: int = Field(default=100, gt=0)

@@ -26,6 +26,7 @@ from ..context import RequestContext
 from ..errors import (
     BadGateway,
     BadRequest,
+    BodyTimeout,
     ExpectationFailed,
     GatewayError,
     GatewayTimeout,
@@ -622,6 +623,10 @@ class Proxy:
             except ConnectionError as exc:
                 ctx.bytes_in = total
                 raise ClientBodyError("the client went away while sending the body") from exc
+            except BodyTimeout:
+                # Set on the stream by the connection's body timer: already the client's 408.
+                ctx.bytes_in = total
+                raise
             total += len(chunk)
             if total > limit:
                 ctx.bytes_in = total

@@ -32,6 +32,8 @@ server:
   header_timeout: 10s             # a client that has not sent its full headers by then: 408 and close
   idle_timeout: 75s               # keep-alive connections idle longer are closed
   trusted_proxies: []             # CIDRs whose X-Forwarded-For is believed
+  body_timeout: 30s               # a request body that stalls this long between reads: 408 and close
+  max_connections: 10000          # open client connections per worker; beyond it new ones are refused
   shutdown_timeout: 30s
 admin:
   listen: "127.0.0.1:9901"        # /metrics, /healthz, /readyz, /admin/* live here

@@ -16,6 +16,8 @@ def test_contract_example(load_text: LoadText, tmp_path: Path) -> None:
     assert cfg.server.max_body_size == 10 * 1024 * 1024
     assert cfg.server.header_timeout == 10.0
     assert cfg.server.idle_timeout == 75.0
+    assert cfg.server.body_timeout == 30.0
+    assert cfg.server.max_connections == 10000
     assert cfg.server.shutdown_timeout == 30.0
     assert cfg.admin.token is not None
     assert cfg.admin.token.get_secret_value() == "admin-token"
