@@ -1,9 +1,10 @@
-"""`BackgroundTask`: the one way a component owns a long-running asyncio task.
+"""Owned asyncio tasks: `BackgroundTask` (one long-running task) and `TaskSet` (many short ones).
 
 Health checks, the JWKS refresh, the config watcher and discovery each run one task for as
 long as their owner lives. They all need the same three things: start it under a name, stop it
 by cancelling and awaiting it (so nothing outlives its owner), and hear about a crash: a task
 that dies with an exception nobody awaits would otherwise vanish without a word until shutdown.
+Reloads in flight and replaced Runtimes draining are sets of such tasks, owned the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from . import log
 
-__all__ = ["BackgroundTask"]
+__all__ = ["BackgroundTask", "TaskSet"]
 
 
 class BackgroundTask:
@@ -64,10 +65,45 @@ class BackgroundTask:
             await asyncio.wait((task,))  # unlike `await task`, never re-raises its exception
 
     def _report(self, task: asyncio.Task[Any]) -> None:
-        if task.cancelled():
-            return
-        error = task.exception()  # retrieved: asyncio no longer reports it as lost at exit
-        if error is not None:
-            log.get_logger("aiogate.tasks").error(
-                log.TASK_FAILED, task=self.name, error=repr(error), exc_info=error
-            )
+        _report(task, self.name)
+
+
+class TaskSet:
+    """Tasks started one at a time and owned together until each finishes (or is cancelled)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)  # a strong reference: the loop itself keeps only a weak one
+        task.add_done_callback(self._done)
+        return task
+
+    async def wait(self) -> None:
+        """Wait until every task has finished; their failures were logged, none is raised."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def cancel(self) -> None:
+        """Cancel every task, then wait until each has finished."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        _report(task, task.get_name())
+
+
+def _report(task: asyncio.Task[Any], name: str) -> None:
+    if task.cancelled():
+        return
+    error = task.exception()  # retrieved: asyncio no longer reports it as lost at exit
+    if error is not None:
+        log.get_logger("aiogate.tasks").error(
+            log.TASK_FAILED, task=name, error=repr(error), exc_info=error
+        )

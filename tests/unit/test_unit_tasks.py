@@ -1,4 +1,4 @@
-"""BackgroundTask: start, stop (cancel and await), a crash logged once with the task's name."""
+"""BackgroundTask and TaskSet: start, stop (cancel and await), a crash logged with the name."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any, TextIO
 import pytest
 
 from aiogate import log
-from aiogate.tasks import BackgroundTask
+from aiogate.tasks import BackgroundTask, TaskSet
 
 
 @pytest.fixture(autouse=True)
@@ -112,3 +112,49 @@ async def test_starting_twice_while_running_is_refused() -> None:
     await asyncio.sleep(0.01)
     task.start(asyncio.sleep(3600))
     await task.stop()
+
+
+async def test_a_task_set_keeps_its_tasks_until_they_finish(out: TextIO) -> None:
+    tasks = TaskSet()
+    release = asyncio.Event()
+    finished: list[str] = []
+
+    async def work(name: str) -> None:
+        await release.wait()
+        finished.append(name)
+
+    async def crash() -> None:
+        raise KeyError("lost")
+
+    tasks.spawn(work("a"), name="test-a")
+    tasks.spawn(work("b"), name="test-b")
+    tasks.spawn(crash(), name="test-crash")
+    await asyncio.sleep(0.01)
+    assert len(tasks) == 2  # the crashed one left the set, logged
+    release.set()
+    await tasks.wait()  # waits, raises nothing
+    assert sorted(finished) == ["a", "b"]
+    assert len(tasks) == 0
+    failed = events(out, log.TASK_FAILED)
+    assert [(e["task"], "lost" in e["error"]) for e in failed] == [("test-crash", True)]
+
+
+async def test_cancelling_a_task_set_waits_for_every_task(out: TextIO) -> None:
+    tasks = TaskSet()
+    cleaned: list[int] = []
+
+    async def forever(index: int) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0)
+            cleaned.append(index)
+
+    for index in range(3):
+        tasks.spawn(forever(index), name=f"test-{index}")
+    await asyncio.sleep(0.01)
+    await tasks.cancel()
+    assert sorted(cleaned) == [0, 1, 2]
+    assert len(tasks) == 0
+    await tasks.cancel()  # an empty set: nothing to do
+    assert events(out, log.TASK_FAILED) == []

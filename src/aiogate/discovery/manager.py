@@ -17,7 +17,7 @@ from typing import Protocol
 from .. import log
 from ..config import BackendConfig, DiscoveryConfig, GatewayConfig
 from ..metrics import DISCOVERY_BACKENDS, DISCOVERY_UP
-from ..tasks import BackgroundTask
+from ..tasks import BackgroundTask, TaskSet
 from .merge import merge
 from .registry import make_source
 from .runner import SourceRunner
@@ -42,7 +42,7 @@ class Discovery:
         self._debounce = 0.0
         self._rebuilder: Rebuilder | None = None
         self._applier = BackgroundTask("discovery-apply")
-        self._closing: set[asyncio.Task[None]] = set()
+        self._closing = TaskSet()
         self._log = log.get_logger("aiogate.discovery")
 
     @property
@@ -75,8 +75,7 @@ class Discovery:
         watchers = list(self._watchers.values())
         self._watchers.clear()
         await asyncio.gather(*(w.close() for w in watchers), return_exceptions=True)
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._closing.wait()
 
     # -- the Reloader's overlay ----------------------------------------------------------------
     def apply(self, config: GatewayConfig) -> GatewayConfig:
@@ -129,10 +128,8 @@ class Discovery:
             DISCOVERY_UP.set(1)  # nothing to discover: nothing is down
 
     def _retire(self, watcher: SourceRunner) -> None:
-        # Closing awaits the watcher's task; keep it owned until close() gathers it.
-        task = asyncio.create_task(watcher.close(), name=f"discovery-retire-{watcher.upstream}")
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+        # Closing awaits the watcher's task; keep it owned until close() waits for it.
+        self._closing.spawn(watcher.close(), name=f"discovery-retire-{watcher.upstream}")
 
     # -- applying ------------------------------------------------------------------------------
     async def _apply_changes(self) -> None:
