@@ -23,6 +23,7 @@ from .metrics import config_loaded
 from .reload import Reloader, configure_logging
 from .runtime import Runtime, RuntimeHolder
 from .server import GatewayServer
+from .tasks import TaskSet
 from .watch import ConfigWatcher
 
 __all__ = ["Daemon", "bind_socket"]
@@ -56,7 +57,7 @@ class Daemon:
         self._draining = False
         self._holder: RuntimeHolder | None = None
         self._reloader: Reloader | None = None
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._tasks = TaskSet()
         #: Reloads asked of this process so far; a worker tags its outcome with it.
         self._reloads = 0
         #: Backends from etcd; idle (no tasks) unless an upstream has `discovery:`.
@@ -167,9 +168,7 @@ class Daemon:
         # SIGHUP reloads in flight are cancelled (a half-started Runtime closes itself), and
         # the Reloader refuses any later one, before the current Runtime is closed: a reload
         # finishing after that would swap in a Runtime nobody closes.
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
         await self._reloader.close()
         await holder.current.close()
         if admin_runner is not None:
@@ -184,9 +183,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
 
     def _on_sighup(self) -> None:
-        task: asyncio.Task[object] = asyncio.create_task(self.reload(), name="sighup-reload")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self.reload(), name="sighup-reload")
 
 
 async def _shutdown_within(server: web.Server, grace: float) -> None:

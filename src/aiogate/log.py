@@ -105,6 +105,8 @@ CONFIG_WATCH_STOPPED: Final = "config_watch_stopped"
 CONFIG_WATCH_FAILED: Final = "config_watch_failed"
 CONFIG_WATCH_FILE_MISSING: Final = "config_watch_file_missing"
 CONFIG_FILE_CHANGED: Final = "config_file_changed"
+#: An owned background task ended with an exception (fields: task, error); see tasks.py.
+TASK_FAILED: Final = "background_task_failed"
 #: An upstream attempt failed and another follows (fields: upstream, backend, attempt, reason,
 #: delay_ms; the request_id and trace_id are bound to the line).
 RETRY: Final = "retry"

@@ -18,6 +18,7 @@ from .config import ConfigError, GatewayConfig, load_config
 from .config.diff import diff_summary
 from .metrics import CONFIG_RELOADS, config_loaded
 from .runtime import Runtime, RuntimeHolder
+from .tasks import TaskSet
 
 __all__ = ["ConfigOverlay", "Reloader", "configure_logging", "restart_only_changes"]
 
@@ -76,7 +77,7 @@ class Reloader:
         #: Set by `close()` under the lock: no Runtime is started after shutdown began, so
         #: none can be left running that nobody closes.
         self._closed = False
-        self._draining: set[asyncio.Task[None]] = set()
+        self._draining = TaskSet()
         #: The running config as read from the file, before any overlay.
         self.base: GatewayConfig = holder.current.config
         self.overlay: ConfigOverlay | None = None
@@ -192,9 +193,7 @@ class Reloader:
         )
 
     def _retire_later(self, old: Runtime) -> None:
-        task = asyncio.create_task(self._retire(old), name=f"retire-runtime-{old.generation}")
-        self._draining.add(task)
-        task.add_done_callback(self._draining.discard)
+        self._draining.spawn(self._retire(old), name=f"retire-runtime-{old.generation}")
 
     def _rejected(self, current: Runtime, errors: tuple[str, ...]) -> ReloadOutcome:
         if self._count:
@@ -226,5 +225,4 @@ class Reloader:
         """
         async with self._lock:
             self._closed = True
-        if self._draining:
-            await asyncio.gather(*self._draining, return_exceptions=True)
+        await self._draining.wait()

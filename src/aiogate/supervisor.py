@@ -26,6 +26,7 @@ from .admin import ReloadOutcome, make_admin_app
 from .config import ConfigError, ConfigIssue, GatewayConfig, load_config
 from .metrics import CONFIG_RELOADS, config_loaded
 from .reload import configure_logging
+from .tasks import TaskSet
 from .watch import ConfigWatcher
 from .worker_env import WORKER_ENV
 
@@ -61,7 +62,7 @@ class Supervisor:
         self._stop = asyncio.Event()
         self._generation = 1
         self._lock = asyncio.Lock()
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._tasks = TaskSet()
         self._dir = runtime_dir
         # Workers read this copy of the last *accepted* file, never the live one: a worker
         # restarted after the file was edited (or rejected) must not crash-loop on it, nor
@@ -266,9 +267,7 @@ class Supervisor:
             for process in self._workers.values():
                 if process.returncode is None:
                     process.kill()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel()
         await admin.cleanup()
         transport.close()
         logger.info(log.SHUTDOWN_COMPLETE)
@@ -276,14 +275,10 @@ class Supervisor:
         return 0
 
     def _on_sighup(self) -> None:
-        self._own(asyncio.create_task(self.reload(), name="supervisor-reload"))
-
-    def _own(self, task: asyncio.Task[object]) -> None:
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(self.reload(), name="supervisor-reload")
 
     def _spawn_in_background(self, index: int, env: dict[str, str], *, delay: float) -> None:
-        self._own(asyncio.create_task(self._keep_worker(index, env, delay)))
+        self._tasks.spawn(self._keep_worker(index, env, delay), name=f"supervisor-worker-{index}")
 
     async def _keep_worker(self, index: int, env: dict[str, str], delay: float) -> None:
         """Run worker `index`, restarting it after an unexpected exit."""

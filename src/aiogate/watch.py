@@ -30,6 +30,7 @@ import watchfiles
 
 from . import log
 from .config import ReloadConfig
+from .tasks import BackgroundTask
 
 __all__ = ["ChangeSource", "ConfigWatcher", "watch_folders"]
 
@@ -79,13 +80,13 @@ class ConfigWatcher:
         self._settings = settings
         self._source = source
         self._retry = retry
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("config-watch")
         self._stop = asyncio.Event()
         self._closed = False
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self._task.running
 
     async def sync(self) -> None:
         """Start or stop watching to match the current config (at start and after reloads)."""
@@ -94,8 +95,8 @@ class ConfigWatcher:
         if self._settings().watch:
             if not self.running:
                 self._stop = asyncio.Event()
-                self._task = asyncio.create_task(self._run(self._stop), name="config-watch")
-        elif self.running and self._task is not asyncio.current_task():
+                self._task.start(self._run(self._stop))
+        elif self.running and not self._task.is_current():
             # From the watcher's own reload, `_run` sees the setting and returns by itself.
             await self._stop_task()
 
@@ -105,12 +106,10 @@ class ConfigWatcher:
         await self._stop_task()
 
     async def _stop_task(self) -> None:
-        task, self._task = self._task, None
-        if task is None:
+        if not self._task.started:
             return
         self._stop.set()  # the notifier's thread returns within one step (50 ms)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await self._task.stop()
 
     # -- the owned tasks -----------------------------------------------------------------
     async def _run(self, stop: asyncio.Event) -> None:
@@ -124,7 +123,8 @@ class ConfigWatcher:
         )
         last = await asyncio.to_thread(_read, self._path)
         dirty = asyncio.Event()
-        pump = asyncio.create_task(self._pump(dirty, stop), name="config-watch-events")
+        pump = BackgroundTask("config-watch-events")
+        pump.start(self._pump(dirty, stop))
         try:
             while True:
                 await dirty.wait()
@@ -147,8 +147,7 @@ class ConfigWatcher:
                     return
         finally:
             stop.set()
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
+            await pump.stop()
 
     async def _quiet(self, dirty: asyncio.Event) -> None:
         """Return once no change has arrived for `debounce` (or the max wait passed)."""

@@ -6,13 +6,12 @@ and awaits it and closes the HTTP session, so a reload never leaks a task or a s
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from typing import TYPE_CHECKING, Final
 
 import aiohttp
 
 from ..config import AuthConfig
+from ..tasks import BackgroundTask
 from .apikey import ApiKeyVerifier, RedisKeyStore
 from .jwks import JwksKeySet
 from .jwt import JwtVerifier
@@ -39,7 +38,7 @@ class AuthServices:
         carries over, so a reload during a JWKS or Redis outage does not lock clients out."""
         self.config = config
         self._session: aiohttp.ClientSession | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask("aiogate-jwks-refresh")
         self.jwks: JwksKeySet | None = None
         self.jwt: JwtVerifier | None = None
         self.api_key: ApiKeyVerifier | None = None
@@ -72,15 +71,11 @@ class AuthServices:
             self.methods[ApiKeyMethod.name] = ApiKeyMethod(key_config, self.api_key)
 
     async def start(self) -> None:
-        if self.jwks is not None and self._task is None:
-            self._task = asyncio.create_task(self.jwks.run(), name="aiogate-jwks-refresh")
+        if self.jwks is not None and not self._task.started:
+            self._task.start(self.jwks.run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._task.stop()
         if self._session is not None:
             await self._session.close()
             self._session = None

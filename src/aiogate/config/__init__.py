@@ -4,7 +4,7 @@
 >>> config.server.max_body_size                             # bytes; durations are float seconds
 """
 
-from ._discovery import EtcdDiscoveryConfig
+from ._discovery import DiscoveryConfig, EtcdDiscoveryConfig
 from ._route import JsonBodyTransform, PathRewrite, RequestTransform, ResponseTransform
 from ._upstream import FallbackResponseConfig, PassiveHealthConfig
 from .errors import ConfigError, ConfigIssue
@@ -55,6 +55,7 @@ __all__ = [
     "ConfigError",
     "ConfigIssue",
     "CorsConfig",
+    "DiscoveryConfig",
     "EtcdDiscoveryConfig",
     "FallbackResponseConfig",
     "GatewayConfig",

@@ -1,16 +1,20 @@
-"""Service discovery: where an upstream finds backends besides its static `backends:`."""
+"""Service discovery: where an upstream finds backends besides its static `backends:`.
+
+`discovery:` is a union keyed on `type`; each source type is one model here plus one member of
+`DiscoveryConfig` (its implementation is registered in `aiogate.discovery.registry`).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
 
 from ._base import Model, fail, one_or_many
 from .units import Duration
 
-__all__ = ["EtcdDiscoveryConfig"]
+__all__ = ["DiscoveryConfig", "EtcdDiscoveryConfig"]
 
 
 def _endpoint_issue(value: str) -> str | None:
@@ -76,3 +80,21 @@ class EtcdDiscoveryConfig(Model):
         if self.max_backoff < self.backoff:
             fail("must be >= backoff", "max_backoff")
         return self
+
+
+def _source_type(value: Any) -> Any:
+    """The member of `DiscoveryConfig` to validate `value` with.
+
+    `type` may be left out and means etcd, the first (and once the only) type. A value that is
+    not a mapping goes to etcd too, whose model then reports "expected a mapping".
+    """
+    if isinstance(value, dict):
+        return value.get("type", "etcd")
+    return getattr(value, "type", "etcd")
+
+
+#: An upstream's `discovery:` block. A new source type adds `| Annotated[Model, Tag("name")]`.
+DiscoveryConfig = Annotated[
+    Annotated[EtcdDiscoveryConfig, Tag("etcd")],
+    Discriminator(_source_type),
+]

@@ -39,6 +39,8 @@ def error_at(error: ErrorDetails) -> tuple[str | int, ...]:
     """The error's location, extended by the sub-key our own validators point at."""
     ctx: dict[str, Any] = error.get("ctx") or {}
     at = ctx.get("at", ()) if error["type"] == "aiogate" else ()
+    if error["type"] == "union_tag_invalid":
+        at = ("type",)  # every tagged union of the config (`discovery:`) is keyed on `type`
     return (*error["loc"], *at)
 
 
@@ -61,6 +63,10 @@ def error_message(error: ErrorDetails) -> str:
         return f"must be {op} {ctx[name]}"
     if kind == "literal_error":
         return f"invalid value {describe(value)} (expected {ctx['expected']})"
+    if kind == "union_tag_invalid":
+        tag = value.get("type") if isinstance(value, dict) else ctx["tag"]
+        expected = ctx["expected_tags"].replace(", ", " or ")
+        return f"invalid value {describe(tag)} (expected {expected})"
     if kind == "string_too_short":
         return "must not be empty"
     if kind == "too_short":

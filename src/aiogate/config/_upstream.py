@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from ._base import HTTP_TOKEN, Model, ReadableFile, check_host, fail, string_list
-from ._discovery import EtcdDiscoveryConfig
+from ._discovery import DiscoveryConfig
 from .units import Duration
 
 __all__ = [
@@ -264,7 +264,7 @@ class UpstreamConfig(Model):
     strategy: Strategy = "round_robin"
     #: Backends registered in etcd, added to the static ones (see docs/discovery.md).
     #: Declared before `backends` so that the check of `backends` can see it.
-    discovery: EtcdDiscoveryConfig | None = None
+    discovery: DiscoveryConfig | None = None
     #: May be empty (or omitted) when `discovery` supplies the backends.
     backends: tuple[BackendConfig, ...] = Field(default=None, validate_default=True)
     health_check: HealthCheckConfig | None = None

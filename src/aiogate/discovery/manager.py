@@ -1,4 +1,4 @@
-"""The daemon's discovery: one watcher per discovering upstream, and the task that applies.
+"""The daemon's discovery: one source runner per discovering upstream, and the task that applies.
 
 `Discovery` is the Reloader's config overlay: every config the Reloader runs (read from the
 file on SIGHUP, or the running file config again when discovery changed) goes through
@@ -15,10 +15,12 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from .. import log
-from ..config import BackendConfig, EtcdDiscoveryConfig, GatewayConfig
+from ..config import BackendConfig, DiscoveryConfig, GatewayConfig
 from ..metrics import DISCOVERY_BACKENDS, DISCOVERY_UP
+from ..tasks import BackgroundTask, TaskSet
 from .merge import merge
-from .watcher import EtcdWatcher
+from .registry import make_source
+from .runner import SourceRunner
 
 __all__ = ["Discovery", "Rebuilder"]
 
@@ -34,13 +36,13 @@ class Rebuilder(Protocol):
 
 class Discovery:
     def __init__(self) -> None:
-        self._watchers: dict[str, EtcdWatcher] = {}
+        self._watchers: dict[str, SourceRunner] = {}
         self._found: dict[str, tuple[BackendConfig, ...]] = {}
         self._dirty = asyncio.Event()
         self._debounce = 0.0
         self._rebuilder: Rebuilder | None = None
-        self._applier: asyncio.Task[None] | None = None
-        self._closing: set[asyncio.Task[None]] = set()
+        self._applier = BackgroundTask("discovery-apply")
+        self._closing = TaskSet()
         self._log = log.get_logger("aiogate.discovery")
 
     @property
@@ -66,19 +68,14 @@ class Discovery:
     def attach(self, rebuilder: Rebuilder) -> None:
         """From now on changes are applied through `rebuilder` (the daemon's Reloader)."""
         self._rebuilder = rebuilder
-        self._applier = asyncio.create_task(self._apply_changes(), name="discovery-apply")
+        self._applier.start(self._apply_changes())
 
     async def close(self) -> None:
-        if self._applier is not None:
-            self._applier.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._applier
-            self._applier = None
+        await self._applier.stop()
         watchers = list(self._watchers.values())
         self._watchers.clear()
         await asyncio.gather(*(w.close() for w in watchers), return_exceptions=True)
-        if self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+        await self._closing.wait()
 
     # -- the Reloader's overlay ----------------------------------------------------------------
     def apply(self, config: GatewayConfig) -> GatewayConfig:
@@ -87,7 +84,7 @@ class Discovery:
 
     def applied(self, config: GatewayConfig) -> None:
         """A new file config runs: start, keep or stop watchers to match its upstreams."""
-        wanted: dict[str, EtcdDiscoveryConfig] = {
+        wanted: dict[str, DiscoveryConfig] = {
             u.name: u.discovery for u in config.upstreams if u.discovery is not None
         }
         for name in list(self._watchers):
@@ -101,7 +98,8 @@ class Discovery:
                         DISCOVERY_BACKENDS.remove(name)
         for name, settings in wanted.items():
             if name not in self._watchers:
-                watcher = EtcdWatcher(name, settings, self._changed, self._status)
+                source = make_source(name, settings)
+                watcher = SourceRunner(name, settings, source, self._changed, self._status)
                 self._watchers[name] = watcher
                 DISCOVERY_BACKENDS.labels(name).set(0)
                 watcher.start()
@@ -129,11 +127,9 @@ class Discovery:
         else:
             DISCOVERY_UP.set(1)  # nothing to discover: nothing is down
 
-    def _retire(self, watcher: EtcdWatcher) -> None:
-        # Closing awaits the watcher's task; keep it owned until close() gathers it.
-        task = asyncio.create_task(watcher.close(), name=f"discovery-retire-{watcher.upstream}")
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+    def _retire(self, watcher: SourceRunner) -> None:
+        # Closing awaits the watcher's task; keep it owned until close() waits for it.
+        self._closing.spawn(watcher.close(), name=f"discovery-retire-{watcher.upstream}")
 
     # -- applying ------------------------------------------------------------------------------
     async def _apply_changes(self) -> None:

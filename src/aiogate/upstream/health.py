@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 
 from .. import log
 from ..config import HealthCheckConfig
+from ..tasks import BackgroundTask
 from .forward import ConnectionPool, UpstreamError
 from .pool import Backend, UpstreamPool
 
@@ -51,7 +52,7 @@ class HealthChecker:
         self._config = config
         self._generation = generation
         self._random = rng or random.Random()
-        self._task: asyncio.Task[None] | None = None
+        self._task = BackgroundTask(f"health-{pool.name}")
         self._connections: dict[str, ConnectionPool] = {}
         if config.type == "http":
             for backend in pool.backends:
@@ -66,14 +67,10 @@ class HealthChecker:
                 )
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"health-{self._pool.name}")
+        self._task.start(self._run())
 
     async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._task.stop()
         for connections in self._connections.values():
             await connections.close()
 
