@@ -13,7 +13,7 @@ from aiohttp import web
 from .config import GatewayConfig, redacted
 from .errors import NoRoute, Unauthorized, error_body
 from .metrics import CONTENT_TYPE, exposition
-from .server import new_request_id
+from .requestid import new_request_id
 
 __all__ = ["AdminController", "ReloadOutcome", "make_admin_app"]
 

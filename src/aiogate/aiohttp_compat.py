@@ -1,16 +1,37 @@
-"""What aiogate needs from aiohttp beyond its documented API, checked in one place.
+"""Everything aiogate takes from aiohttp beyond its documented API, in one place.
 
-aiogate runs behind aiohttp's low-level server and relies on the strictness of its C HTTP
-parser (llhttp). aiohttp silently falls back to a pure-Python parser when its extensions are
-missing or disabled (`AIOHTTP_NO_EXTENSIONS=1`); that parser accepts shapes llhttp refuses,
-so the gateway refuses to start on it rather than relay what it cannot parse strictly.
+Every import of a private aiohttp name lives here (the connection handler in `connection.py`
+subclasses aiohttp's `RequestHandler` and is the only other module that touches its
+internals); `setup.cfg` bounds aiohttp below its next minor release while this is so. A test
+(tests/unit/test_import_graph.py) keeps private aiohttp imports out of every other module.
+
+aiogate also relies on the strictness of aiohttp's C HTTP parser (llhttp). aiohttp silently
+falls back to a pure-Python parser when its extensions are missing or disabled
+(`AIOHTTP_NO_EXTENSIONS=1`); that parser accepts shapes llhttp refuses, so the gateway refuses
+to start on it rather than relay what it cannot parse strictly.
 """
 
 from __future__ import annotations
 
 from aiohttp import web_protocol
+from aiohttp.helpers import rfc822_formatted_time, set_exception
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import _ErrInfo as ErrInfo
 
-__all__ = ["ParserUnavailable", "c_parser_active", "require_c_parser"]
+__all__ = [
+    "ErrInfo",
+    "ParserUnavailable",
+    "c_parser_active",
+    "reader_is_waiting",
+    "require_c_parser",
+    "rfc822_formatted_time",
+    "set_exception",
+]
+
+
+def reader_is_waiting(reader: StreamReader) -> bool:
+    """A coroutine is blocked reading `reader` (aiohttp keeps the future in `_waiter`)."""
+    return reader._waiter is not None
 
 
 class ParserUnavailable(RuntimeError):

@@ -116,3 +116,28 @@ def test_domain_packages_do_not_import_stages() -> None:
 
 def test_the_cycle_finder_finds_a_cycle() -> None:
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+#: aiohttp modules that are internal as a whole (not part of its documented API).
+_PRIVATE_AIOHTTP_MODULES = ("aiohttp.helpers", "aiohttp._http_parser", "aiohttp._websocket")
+
+
+def _private_aiohttp_imports(path: Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("aiohttp"):
+            module = node.module or ""
+            for alias in node.names:
+                if module in _PRIVATE_AIOHTTP_MODULES or alias.name.startswith("_"):
+                    found.append(f"{module}.{alias.name}")
+    return found
+
+
+def test_private_aiohttp_names_are_imported_only_by_the_compat_module() -> None:
+    offenders = {
+        name: found
+        for name, path in _modules().items()
+        if name != "aiogate.aiohttp_compat" and (found := _private_aiohttp_imports(path))
+    }
+    assert offenders == {}
+    assert _private_aiohttp_imports(PACKAGE / "aiohttp_compat.py")  # the rule can see them

@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiohttp import web
-from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import HttpVersion10, HttpVersion11
+
+from ..aiohttp_compat import rfc822_formatted_time
 
 __all__ = ["WireResponse"]
 
