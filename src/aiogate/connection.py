@@ -10,10 +10,12 @@ reason.
 from __future__ import annotations
 
 import asyncio
+from itertools import islice
 from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
@@ -80,6 +82,7 @@ class GatewayConnection(RequestHandler):
         "_listener",
         "_refused",
         "_seen_bytes",
+        "_split_heads",
     )
 
     def __init__(self, manager: ConnectionFactory, *, holder: RuntimeHolder, **kwargs: Any) -> None:
@@ -92,6 +95,8 @@ class GatewayConnection(RequestHandler):
         self._seen_bytes = False
         self._lingering = False
         self._refused = False
+        # Set once this connection sent something that looks like an upgrade (see data_received).
+        self._split_heads = False
         # The body being received (the newest request's, until its end) and its clock.
         self._body: StreamReader | None = None
         self._body_watch: BodyWatch | None = None
@@ -142,7 +147,18 @@ class GatewayConnection(RequestHandler):
             # Before parsing: these bytes are (mostly) the body's, and parsing may end it.
             self._body_watch.arrived(self._loop.time())
         queued = len(self._messages)
-        super().data_received(data)
+        split = self._split_heads or b"pgrade" in data or b"PGRADE" in data
+        if split:
+            # An `Upgrade` header or `Connection: upgrade` may be here. llhttp stops at the
+            # end of such a request and aiohttp drops the rest of the bytes it was given, so a
+            # request pipelined behind it would be lost: feed the parser one head at a time.
+            self._split_heads = True
+            for piece in after_each_head(data):
+                super().data_received(piece)
+        else:
+            super().data_received(data)
+        if len(self._messages) > queued:
+            self._close_if_pipelining_was_lost(queued, split)
         if body is not None and (body.is_eof() or body.exception() is not None):
             self._stop_body_watch()
         if len(self._messages) > queued:
@@ -157,6 +173,27 @@ class GatewayConnection(RequestHandler):
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
+
+    def _close_if_pipelining_was_lost(self, queued: int, split: bool) -> None:
+        """After a request that llhttp treats as an upgrade (an `Upgrade` header and
+        `upgrade` in `Connection`, not a WebSocket handshake, which aiohttp handles), bytes
+        pipelined behind it may have been dropped: when the request has a body, or was fed
+        whole (an odd letter case escaped the check above). Then the connection closes after
+        the answers already parsed, which tells the client at once to resend the rest on a
+        new connection (RFC 9112 §9.3.2) instead of waiting for the idle timeout.
+        """
+        for message, _ in islice(self._messages, queued, None):
+            if (
+                isinstance(message, RawRequestMessage)
+                and message.upgrade
+                and (
+                    not split
+                    or message.chunked
+                    or message.headers.get("Content-Length", "0") != "0"
+                )
+                and message.headers.get("Upgrade", "").strip().lower() != "websocket"
+            ):
+                self.close()
 
     def _fail_current_body(self, error: ErrInfo) -> None:
         """A parse error inside the body of the request being handled (a bad chunk size).
@@ -315,3 +352,17 @@ class GatewayConnection(RequestHandler):
             duration=0.0,
             client_ip=peer[0] if isinstance(peer, tuple) else "",
         )
+
+
+def after_each_head(data: bytes) -> list[bytes]:
+    """`data` cut right after every blank line that may end a request head (any split is
+    valid input for an incremental parser; these make a request that stops llhttp end a
+    piece, so nothing after it is dropped)."""
+    pieces = []
+    start = 0
+    while (end := data.find(b"\r\n\r\n", start)) >= 0:
+        pieces.append(data[start : end + 4])
+        start = end + 4
+    if start < len(data):
+        pieces.append(data[start:])
+    return pieces

@@ -154,8 +154,6 @@ class GatewayServer:
             )
             runtime.recorder.error(InternalError.code)
             response = render_error(InternalError("internal gateway error"), request_id)
-        if request.message.upgrade:
-            _close_after_unsupported_upgrade(request, response)
         self._record(runtime, ctx, response.status, now=time.perf_counter())
         return response
 
@@ -207,24 +205,6 @@ def _check_framing(request: web.BaseRequest) -> None:
             raise BadRequest("Transfer-Encoding is not allowed in an HTTP/1.0 request")
         if te.strip().lower() != "chunked":
             raise BadRequest("unsupported transfer coding")
-
-
-def _close_after_unsupported_upgrade(
-    request: web.BaseRequest, response: web.StreamResponse
-) -> None:
-    """Close the connection after a request that asked to switch to another protocol.
-
-    The `Upgrade` itself is ignored (dropped as hop-by-hop, the request is served as plain
-    HTTP/1.1), as RFC 9110 §7.8 allows. But when the head also names `upgrade` in
-    `Connection`, aiohttp's parser (llhttp) stops at the end of that request and discards
-    whatever the client pipelined after it in the same read, so those requests would never be
-    answered and the client would wait for the idle timeout. Closing after the response tells
-    the client at once to send them again on a new connection (RFC 9112 §9.3.2), which every
-    pipelining client must be ready to do. WebSocket upgrades are handled by aiohttp itself.
-    """
-    upgrade = request.headers.get(hdrs.UPGRADE, "")
-    if upgrade.strip().lower() != "websocket":
-        response.force_close()
 
 
 def _origin_form(raw_path: str) -> str:
