@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import Final, Protocol
 
 import orjson
 from aiohttp import web
 
-from .config import GatewayConfig, redacted
+from .config import ConfigError, GatewayConfig, RouteConfig, load_config, redacted
+from .config.persist import write_atomically
 from .errors import NoRoute, Unauthorized, error_body
 from .metrics import CONTENT_TYPE, exposition
 from .requestid import new_request_id
@@ -34,10 +37,18 @@ class AdminController(Protocol):
     def draining(self) -> bool: ...
     @property
     def config(self) -> GatewayConfig: ...
-    async def reload(self) -> ReloadOutcome: ...
+    @property
+    def config_path(self) -> Path: ...
+    async def reload(self, raw: bytes | None = None) -> ReloadOutcome:
+        """Reload the config file, or apply `raw` (a whole config) instead of reading it."""
+        ...
 
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: The largest config `PUT /admin/config` takes (a config of thousands of routes is < 1 MiB).
+_MAX_CONFIG_BYTES: Final = 16 * 1024 * 1024
+#: How a config sent to `PUT /admin/config` is named in its errors (they give line:col only).
+_PUT_SOURCE: Final = "<request body>"
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -99,20 +110,40 @@ def make_admin_app(
         return _json(redacted(controller.config))
 
     async def post_reload(_: web.Request) -> web.Response:
-        outcome = await controller.reload()
-        body = {
-            "status": "applied" if outcome.applied else "rejected",
-            "generation": outcome.generation,
-            "errors": list(outcome.errors),
-        }
-        return _json(body, status=200 if outcome.applied else 422)
+        return _outcome(await controller.reload())
 
-    app = web.Application(middlewares=[bearer])
+    async def put_config(request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            await asyncio.to_thread(load_config, _PUT_SOURCE, raw=raw)
+        except ConfigError as exc:
+            errors = [f"{issue.line}:{issue.col}: {issue.message}" for issue in exc.issues]
+            return _json(
+                {"error": "invalid_config", "message": "the config is not valid", "errors": errors},
+                status=400,
+            )
+        outcome = await controller.reload(raw)
+        persist = request.query.get("persist", "").lower() in ("true", "1", "yes")
+        if not (outcome.applied and persist):
+            return _outcome(outcome, persisted=False)
+        try:
+            await asyncio.to_thread(write_atomically, controller.config_path, raw)
+        except OSError as exc:
+            message = f"the config was applied but could not be written to the file: {exc}"
+            return _json({"error": "persist_failed", "message": message}, status=500)
+        return _outcome(outcome, persisted=True)
+
+    async def get_routes(_: web.Request) -> web.Response:
+        return _json({"routes": [_route_entry(route) for route in controller.config.routes]})
+
+    app = web.Application(middlewares=[bearer], client_max_size=_MAX_CONFIG_BYTES)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/admin/config", get_config)
     app.router.add_post("/admin/reload", post_reload)
+    app.router.add_put("/admin/config", put_config)
+    app.router.add_get("/admin/routes", get_routes)
 
     async def get_upstreams(_: web.Request) -> web.Response:
         if upstreams is None:
@@ -122,3 +153,26 @@ def make_admin_app(
 
     app.router.add_get("/admin/upstreams", get_upstreams)
     return app
+
+
+def _outcome(outcome: ReloadOutcome, *, persisted: bool | None = None) -> web.Response:
+    """200 applied, or 422 with why the config could not be applied (nothing changed)."""
+    body: dict[str, object] = {
+        "status": "applied" if outcome.applied else "rejected",
+        "generation": outcome.generation,
+        "errors": list(outcome.errors),
+    }
+    if persisted is not None:
+        body["persisted"] = persisted
+    return _json(body, status=200 if outcome.applied else 422)
+
+
+def _route_entry(route: RouteConfig) -> dict[str, object]:
+    return {
+        "name": route.label,
+        "path": route.path,
+        "methods": list(route.methods) if route.methods is not None else None,
+        "upstream": route.upstream,
+        "auth": list(route.auth.types) if route.auth is not None else [],
+        "rate_limited": bool(route.rate_limit),
+    }

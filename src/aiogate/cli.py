@@ -1,4 +1,4 @@
-"""Command line: `aiogate run | check | --version`. Parsing and dispatch only."""
+"""Command line: `aiogate run | check | reload | --version`. Parsing and dispatch only."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Final
 
 from . import __version__
 from .config import ConfigError, GatewayConfig, load_config
 from .worker_env import WORKER_ENV
 
-__all__ = ["main"]
+__all__ = ["EX_CONFIG", "main"]
+
+#: `run`'s exit status for a config it cannot start with (sysexits.h EX_CONFIG): the systemd
+#: unit's RestartPreventExitStatus stops restarting on it, since a restart cannot help.
+EX_CONFIG: Final = 78
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,6 +30,19 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, type=Path, metavar="PATH")
     check = commands.add_parser("check", help="validate a config file and print every error")
     check.add_argument("-c", "--config", required=True, type=Path, metavar="PATH")
+    reload = commands.add_parser(
+        "reload",
+        help="ask the running gateway to reload its config (admin API); exit 0 when applied",
+    )
+    reload.add_argument(
+        "-c", "--config", type=Path, metavar="PATH", default=Path("/etc/aiogate/aiogate.yaml"),
+        help="the running gateway's config: where its admin listener and token are "
+        "(default: %(default)s)",
+    )  # fmt: skip
+    reload.add_argument(
+        "--timeout", type=float, default=60.0, metavar="SECONDS",
+        help="how long to wait for the outcome (default: %(default)s)",
+    )  # fmt: skip
     return parser
 
 
@@ -54,10 +72,10 @@ def _run(path: Path) -> int:
         require_c_parser()
     except ParserUnavailable as exc:
         print(f"aiogate: cannot start: {exc}", file=sys.stderr)
-        return 1
+        return EX_CONFIG
     config = _load(path)
     if config is None:
-        return 1
+        return EX_CONFIG
     is_worker = WORKER_ENV in os.environ
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         try:
@@ -90,4 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return _check(args.config)
+    if args.command == "reload":
+        from .reloadcmd import reload_command
+
+        return reload_command(args.config, args.timeout)
     return _run(args.config)

@@ -25,6 +25,7 @@ from .runtime import Runtime, RuntimeHolder
 from .server import GatewayServer
 from .tasks import TaskSet
 from .watch import ConfigWatcher
+from .watchdog import PING, Watchdog, watchdog_timeout, worker_ping
 
 __all__ = ["Daemon", "bind_socket"]
 
@@ -81,7 +82,12 @@ class Daemon:
         assert self._holder is not None
         return self._holder.current.config
 
-    async def reload(self) -> ReloadOutcome:
+    @property
+    def config_path(self) -> Path:
+        return self._path
+
+    async def reload(self, raw: bytes | None = None) -> ReloadOutcome:
+        """Re-read the config file, or apply `raw` (PUT /admin/config) instead."""
         assert self._reloader is not None
         self._reloads += 1
         number = self._reloads
@@ -89,7 +95,7 @@ class Daemon:
             sdnotify.reloading()
         outcome: ReloadOutcome | None = None
         try:
-            outcome = await self._reloader.reload()
+            outcome = await self._reloader.reload(raw)
         finally:
             # Never READY=1 after STOPPING=1: a reload that ends during shutdown stays quiet.
             if not self._draining:
@@ -131,15 +137,7 @@ class Daemon:
         listen = config.server
         proxy_socket = bind_socket(listen.host, listen.port, reuse_port=listen.workers > 1)
         proxy = await loop.create_server(low_level, sock=proxy_socket)
-        admin_runner: web.AppRunner | None = None
-        if not self._worker:
-            admin_runner = web.AppRunner(
-                # late-bound: the Runtime current at request time, not at startup
-                make_admin_app(self, lambda: holder.current.upstreams_snapshot()),  # noqa: PLW0108
-                access_log=None,
-            )
-            await admin_runner.setup()
-            await web.TCPSite(admin_runner, config.admin.host, config.admin.port).start()
+        admin_runner = None if self._worker else await self._start_admin(holder, config)
         self._install_signals(loop)
         self._ready = True
         logger.info(
@@ -151,6 +149,7 @@ class Daemon:
             routes=len(config.routes),
         )
         sdnotify.ready()
+        watchdog = self._start_watchdog()
         if self._watcher is not None:
             await self._watcher.sync()
         await self._stop.wait()
@@ -173,9 +172,31 @@ class Daemon:
         await holder.current.close()
         if admin_runner is not None:
             await admin_runner.cleanup()
+        if watchdog is not None:
+            await watchdog.stop()
         logger.info(log.SHUTDOWN_COMPLETE)
         log.flush()
         return 0
+
+    async def _start_admin(self, holder: RuntimeHolder, config: GatewayConfig) -> web.AppRunner:
+        runner = web.AppRunner(
+            # late-bound: the Runtime current at request time, not at startup
+            make_admin_app(self, lambda: holder.current.upstreams_snapshot()),  # noqa: PLW0108
+            access_log=None,
+        )
+        await runner.setup()
+        await web.TCPSite(runner, config.admin.host, config.admin.port).start()
+        return runner
+
+    def _start_watchdog(self) -> Watchdog | None:
+        """systemd's WatchdogSec (the supervisor's, for a worker): pings from this loop."""
+        timeout = watchdog_timeout()
+        if timeout is None:
+            return None
+        message = worker_ping(os.getpid()) if self._worker else PING
+        watchdog = Watchdog(timeout, message=message)
+        watchdog.start()
+        return watchdog
 
     def _install_signals(self, loop: asyncio.AbstractEventLoop) -> None:
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)

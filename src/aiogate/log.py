@@ -54,6 +54,7 @@ __all__ = [
     "SHUTDOWN_STARTED",
     "STARTED",
     "WORKER_EXITED",
+    "WORKER_HUNG",
     "WORKER_STARTED",
     "BufferedSink",
     "access",
@@ -77,6 +78,8 @@ SHUTDOWN_STARTED: Final = "shutdown_started"
 SHUTDOWN_COMPLETE: Final = "shutdown_complete"
 WORKER_STARTED: Final = "worker_started"
 WORKER_EXITED: Final = "worker_exited"
+#: A worker's event loop stopped pinging the watchdog: it is killed and restarted.
+WORKER_HUNG: Final = "worker_hung"
 BACKEND_ERROR: Final = "upstream_error"
 INTERNAL_ERROR: Final = "internal_error"
 RATELIMIT_BACKEND_DEGRADED: Final = "ratelimit_backend_degraded"

@@ -86,17 +86,19 @@ class Reloader:
     def closed(self) -> bool:
         return self._closed
 
-    async def reload(self) -> ReloadOutcome:
+    async def reload(self, raw: bytes | None = None) -> ReloadOutcome:
+        """Load the config file (or `raw`, a whole config sent through the admin API) and
+        swap it in; on any failure the running config stays."""
         async with self._lock:
             if self._closed:
                 return self._shutting_down()
-            return await self._reload()
+            return await self._reload(raw)
 
-    async def _reload(self) -> ReloadOutcome:
+    async def _reload(self, raw: bytes | None) -> ReloadOutcome:
         old = self._holder.current
         logger = log.get_logger("aiogate.reload")
         try:
-            config = loaded = await asyncio.to_thread(load_config, self._path)
+            config = loaded = await asyncio.to_thread(load_config, self._path, raw=raw)
         except ConfigError as exc:
             errors = tuple(str(issue) for issue in exc.issues)
             return self._rejected(old, errors)
@@ -116,7 +118,9 @@ class Reloader:
             CONFIG_RELOADS.labels("applied").inc()
             # A file that vanished after it was loaded keeps the old hash.
             with contextlib.suppress(OSError):
-                config_loaded(await asyncio.to_thread(self._path.read_bytes))
+                config_loaded(
+                    raw if raw is not None else await asyncio.to_thread(self._path.read_bytes)
+                )
         pending = restart_only_changes(old.config, config)
         log.get_logger("aiogate.reload").info(
             log.CONFIG_RELOADED,

@@ -28,6 +28,7 @@ from .metrics import CONFIG_RELOADS, config_loaded
 from .reload import configure_logging
 from .tasks import TaskSet
 from .watch import ConfigWatcher
+from .watchdog import WATCHDOG_USEC, Watchdog, pinging_worker, watchdog_timeout
 from .worker_env import WORKER_ENV
 
 __all__ = ["Supervisor"]
@@ -71,6 +72,11 @@ class Supervisor:
         self._accepted_text = b""
         # `reload.watch`: the parent watches and reloads; its workers follow by SIGHUP.
         self._watcher = ConfigWatcher(config_path, self.reload, lambda: self._config.reload)
+        #: systemd's watchdog timeout (WatchdogSec), passed on to the workers; None: off.
+        self._watchdog_timeout = watchdog_timeout()
+        #: When each worker (by pid) last pinged its watchdog. A worker is watched from its
+        #: first ping on (it pings once serving), as systemd watches a service once it is ready.
+        self._pings: dict[int, float] = {}
 
     # -- AdminController -------------------------------------------------------------------
     @property
@@ -87,22 +93,32 @@ class Supervisor:
     def config(self) -> GatewayConfig:
         return self._config
 
-    async def reload(self) -> ReloadOutcome:
+    @property
+    def config_path(self) -> Path:
+        return self._path
+
+    async def reload(self, raw: bytes | None = None) -> ReloadOutcome:
+        """Re-read the config file, or apply `raw` (PUT /admin/config) instead: the workers
+        read the supervisor's copy, so they apply the same bytes either way."""
         async with self._lock:
             if self.draining:
                 return ReloadOutcome(False, self._generation, ("the gateway is shutting down",))
             sdnotify.reloading()
             try:
-                outcome = await self._reload()
+                outcome = await self._reload(raw)
             finally:
                 if not self.draining:  # never READY=1 after STOPPING=1
                     sdnotify.ready()
         await self._watcher.sync()  # the new config may switch watching on or off
         return outcome
 
-    async def _reload(self) -> ReloadOutcome:
+    async def _reload(self, raw: bytes | None) -> ReloadOutcome:
         try:
-            config, text = await asyncio.to_thread(self._load_stable)
+            if raw is None:
+                config, text = await asyncio.to_thread(self._load_stable)
+            else:
+                config = await asyncio.to_thread(load_config, self._path, raw=raw)
+                text = raw
         except ConfigError as exc:
             errors = tuple(str(i) for i in exc.issues)
             CONFIG_RELOADS.labels("rejected").inc()  # the parent counts; workers do not
@@ -199,6 +215,10 @@ class Supervisor:
 
     # -- worker messages -------------------------------------------------------------------
     def on_worker_message(self, message: str) -> None:
+        pinged = pinging_worker(message)
+        if pinged is not None:
+            self._pings[pinged] = asyncio.get_running_loop().time()
+            return
         report = sdnotify.parse_reload_status(message)
         if report is not None:
             self._reports[report.pid] = report
@@ -230,6 +250,12 @@ class Supervisor:
             lambda: _NotifyProtocol(self), sock=notify_sock
         )
         env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+        env.pop("WATCHDOG_PID", None)  # systemd's is ours; a worker pings us instead
+        watchdog = None
+        if self._watchdog_timeout is not None:
+            env[WATCHDOG_USEC] = str(int(self._watchdog_timeout * 1_000_000))
+            watchdog = Watchdog(self._watchdog_timeout, self._workers_alive)
+            watchdog.start()
         admin = web.AppRunner(make_admin_app(self), access_log=None)
         await admin.setup()
         await web.TCPSite(admin, self._config.admin.host, self._config.admin.port).start()
@@ -268,11 +294,34 @@ class Supervisor:
                 if process.returncode is None:
                     process.kill()
         await self._tasks.cancel()
+        if watchdog is not None:
+            await watchdog.stop()
         await admin.cleanup()
         transport.close()
         logger.info(log.SHUTDOWN_COMPLETE)
         log.flush()
         return 0
+
+    def _workers_alive(self) -> bool:
+        """The supervisor's watchdog tick: a worker silent for a whole watchdog timeout has a
+        hung event loop; it is killed (and restarted like any worker that died). The
+        supervisor's own loop is alive, since this runs: systemd gets its ping."""
+        assert self._watchdog_timeout is not None
+        now = asyncio.get_running_loop().time()
+        for index, process in list(self._workers.items()):
+            last = self._pings.get(process.pid)
+            if (
+                process.returncode is None
+                and last is not None
+                and now - last > self._watchdog_timeout
+            ):
+                log.get_logger("aiogate.supervisor").error(
+                        log.WORKER_HUNG, worker=index, pid=process.pid,
+                        silent_s=round(now - last, 1),
+                    )  # fmt: skip
+                process.kill()
+                self._pings.pop(process.pid, None)
+        return True
 
     def _on_sighup(self) -> None:
         self._tasks.spawn(self.reload(), name="supervisor-reload")
@@ -293,6 +342,7 @@ class Supervisor:
             self._workers[index] = process
             logger.info(log.WORKER_STARTED, worker=index, pid=process.pid)
             code = await process.wait()
+            self._pings.pop(process.pid, None)
             self._reports.pop(process.pid, None)
             self._progress.set()  # a reload waiting for its answer stops waiting
             if self._stop.is_set():  # SIGTERM arrived while this worker ran

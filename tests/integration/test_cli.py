@@ -130,11 +130,12 @@ def test_python_m_check_is_the_same_command(tmp_path: Path) -> None:
     )
 
 
-def test_run_with_an_invalid_config_exits_1(tmp_path: Path) -> None:
+def test_run_with_an_invalid_config_exits_78(tmp_path: Path) -> None:
+    """EX_CONFIG: the unit's RestartPreventExitStatus=78 keeps systemd from looping on it."""
     path = tmp_path / "bad.yaml"
     path.write_text(BAD)
     result = run_cli("run", "-c", str(path))
-    assert result.returncode == 1
+    assert result.returncode == 78
     assert len(result.stderr.splitlines()) == 4
     assert all(line.startswith(f"{path}:") for line in result.stderr.splitlines())
     no_traceback(result)
@@ -197,10 +198,13 @@ def unit() -> configparser.RawConfigParser:
 def test_systemd_unit_settings() -> None:
     service = unit()["Service"]
     assert service["Type"] == "notify"
-    assert "aiogate check" in service["ExecStartPre"]
-    assert "--config" in service["ExecStartPre"] or " -c " in service["ExecStartPre"]
     assert "aiogate run" in service["ExecStart"]
-    assert re.fullmatch(r"(/usr)?/bin/kill -HUP \$MAINPID", service["ExecReload"])
+    # `systemctl reload` fails when the gateway rejects the new config
+    assert re.fullmatch(r"/usr/local/bin/aiogate reload --config \S+", service["ExecReload"])
+    assert service["ExecReload"].split()[-1] == service["ExecStart"].split()[-1]
+    assert service["KillMode"] == "mixed"
+    assert service["RestartPreventExitStatus"] == "78"
+    assert service["WatchdogSec"] == "30s"
     assert int(service["LimitNOFILE"]) >= 4096
     assert service["NoNewPrivileges"] == "yes"
     assert service["ProtectSystem"] == "strict"
@@ -228,6 +232,23 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
     assert "aiogate.service" not in result.stderr, result.stderr
 
 
+@needs_tool("systemd-analyze", "systemd")
+def test_systemd_unit_security_exposure_is_low(tmp_path: Path) -> None:
+    """`systemd-analyze security` rates the sandbox; keep it in its "OK" band (below 2.0)."""
+    copy = tmp_path / "aiogate.service"
+    copy.write_text(UNIT.read_text().replace("/usr/local/bin/aiogate", str(AIOGATE)))
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for aiogate.service: ([0-9.]+)", result.stdout)
+    assert match is not None, result.stdout + result.stderr
+    assert float(match.group(1)) < 2.0, result.stdout
+
+
 def test_run_refuses_to_start_without_aiohttp_c_parser(
     backends: BackendThread, tmp_path: Path
 ) -> None:
@@ -237,7 +258,7 @@ def test_run_refuses_to_start_without_aiohttp_c_parser(
     config["server"] = {"listen": f"127.0.0.1:{free_port()}"}
     path.write_text(dump(config))
     result = run_cli("run", "-c", str(path), env={**os.environ, "AIOHTTP_NO_EXTENSIONS": "1"})
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 78, result.stderr
     assert "C HTTP parser is not active" in result.stderr
     assert "AIOHTTP_NO_EXTENSIONS" in result.stderr
     no_traceback(result)

@@ -44,13 +44,16 @@ class Document:
     issues: list[PathIssue] = field(default_factory=list)
 
 
-def read_document(file: str, env: Mapping[str, str]) -> Document:
-    """Parse ``file``; raise ConfigError for an unreadable file or invalid YAML."""
-    try:
-        with open(file, "rb") as stream:
-            raw = stream.read()
-    except OSError as exc:
-        raise ConfigError([ConfigIssue(file, 1, 1, f"cannot read config file: {exc}")]) from exc
+def read_document(file: str, env: Mapping[str, str], raw: bytes | None = None) -> Document:
+    """Parse ``file`` (or ``raw``, named ``file`` in errors); raise ConfigError for an
+    unreadable file or invalid YAML."""
+    if raw is None:
+        try:
+            with open(file, "rb") as stream:
+                raw = stream.read()
+        except OSError as exc:
+            issue = ConfigIssue(file, 1, 1, f"cannot read config file: {exc}")
+            raise ConfigError([issue]) from exc
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

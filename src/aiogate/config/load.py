@@ -28,11 +28,18 @@ _SPELLINGS = {"upstream": "upstreams", "types": "type"}
 
 
 def load_config(
-    path: str | os.PathLike[str], env: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    env: Mapping[str, str] | None = None,
+    *,
+    raw: bytes | None = None,
 ) -> GatewayConfig:
-    """Read, substitute, validate; raise ConfigError listing every issue found."""
+    """Read, substitute, validate; raise ConfigError listing every issue found.
+
+    With ``raw`` the config is those bytes (YAML, or JSON, which is YAML) instead of the file's
+    content, and ``path`` only names it in the errors (`PUT /admin/config`).
+    """
     file = os.fspath(path)
-    doc = read_document(file, os.environ if env is None else env)
+    doc = read_document(file, os.environ if env is None else env, raw)
     if not isinstance(doc.data, dict):
         what = "the config file is empty" if doc.data is None else "the top level is not a mapping"
         hint = "expected a mapping of sections such as server, upstreams and routes"
