@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["GATEWAY_REQUEST_HEADERS", "GATEWAY_RESPONSE_HEADERS", "HOP_BY_HOP"]
+__all__ = [
+    "GATEWAY_REQUEST_HEADERS",
+    "GATEWAY_RESPONSE_HEADERS",
+    "HOP_BY_HOP",
+    "connection_tokens",
+]
 
 #: RFC 9110 §7.6.1 hop-by-hop fields, plus the legacy ones real clients still send.
 HOP_BY_HOP: Final = frozenset(
@@ -32,3 +37,8 @@ GATEWAY_REQUEST_HEADERS: Final = frozenset(
 )  # fmt: skip
 #: Set by the gateway on the response to the client (framing and the request id).
 GATEWAY_RESPONSE_HEADERS: Final = frozenset({"content-length", "x-request-id"})
+
+
+def connection_tokens(value: str) -> set[str]:
+    """The lower-case header names one `Connection` value lists (hop-by-hop for this message)."""
+    return {token.strip().lower() for token in value.split(",") if token.strip()}

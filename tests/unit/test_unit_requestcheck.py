@@ -13,7 +13,7 @@ from aiogate.config import ServerConfig
 from aiogate.errors import BadRequest
 from aiogate.metrics import UNDERSCORE_HEADERS
 from aiogate.requestcheck import check_request_head, valid_host
-from aiogate.stages.proxy import filter_request_headers, forwarded_element, spellings
+from aiogate.stages.forwarding import filter_request_headers, forwarded_element, spellings
 
 DROP = ServerConfig()
 REJECT = ServerConfig(underscore_headers="reject")

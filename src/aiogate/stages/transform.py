@@ -27,7 +27,7 @@ from ..errors import BadRequest, PayloadTooLarge
 from ..pathnorm import ALLOW_PATH_PARAMETERS, InvalidPath, normalize_path
 from ..template import REQUEST_VARIABLES, VARIABLES, Part, Var, parse
 from . import Next
-from .proxy import answer_expectation
+from .forwarding import answer_expectation
 from .wire import WireResponse
 
 if TYPE_CHECKING:

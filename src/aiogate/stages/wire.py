@@ -15,14 +15,17 @@ forwarding recipient must: `Date` when the upstream sent none (RFC 9110 §6.6.1)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.http import HttpVersion10, HttpVersion11
 
 from ..aiohttp_compat import rfc822_formatted_time
 
-__all__ = ["WireResponse"]
+__all__ = ["BUFFER_LIMIT", "WireResponse"]
+
+#: Bodies up to this size are read whole, both ways: cheaper than streaming, and replayable.
+BUFFER_LIMIT: Final = 64 * 1024
 
 
 class WireResponse(web.StreamResponse):

@@ -2,9 +2,11 @@
 
 `pick()` chooses among the backends that may take traffic now: healthy (active checks), not
 ejected (passive checks), circuit closed, or half-open with a free probe slot, and below
-`max_connections`. The eligible set is cached as one tuple and rebuilt only when the
-upstream's state version changes or a timed change falls due (an ejection or an open circuit
-ends, a slow-start ramp steps), so the common request costs two compares and the strategy.
+`max_connections`, and hands out an `Attempt` on it (attempt.py): the attempt holds the
+backend's in-flight place and probe slot and reports the outcome to its state. The eligible
+set is cached as one tuple and rebuilt only when the upstream's state version changes or a
+timed change falls due (an ejection or an open circuit ends, a slow-start ramp steps), so the
+common request costs two compares and the strategy.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ import ssl
 import time
 from collections.abc import Collection, Sequence
 
-from ..config import BackendConfig, UpstreamConfig, UpstreamTlsConfig
+from ..config import UpstreamConfig, UpstreamTlsConfig
+from .attempt import Attempt
+from .backend import Backend
 from .balance import Strategy, make_strategy
 from .breaker import HALF_OPEN, OPEN
-from .forward import ConnectionPool, Origin
-from .state import BackendState, StateRegistry, UpstreamState
+from .state import StateRegistry, UpstreamState
 
-__all__ = ["Backend", "NoBackendAvailable", "UpstreamPool"]
+__all__ = ["Attempt", "Backend", "NoBackendAvailable", "UpstreamPool"]
 
 _SLOW_START_STEPS = 10
 _SLOW_START_FLOOR = 0.1
@@ -37,49 +40,6 @@ class NoBackendAvailable(Exception):
         self.circuit_open = circuit_open
 
 
-class Backend:
-    __slots__ = (
-        "authority",
-        "base_path",
-        "base_weight",
-        "config",
-        "connections",
-        "in_flight",
-        "label",
-        "state",
-        "weight",
-    )
-
-    def __init__(
-        self,
-        config: BackendConfig,
-        upstream: UpstreamConfig,
-        ssl_context: ssl.SSLContext | None,
-        state: BackendState,
-    ) -> None:
-        self.config = config
-        self.label = config.url
-        self.base_weight: float = config.weight
-        #: Effective weight: `base_weight`, less while slow start ramps it up.
-        self.weight: float = config.weight
-        self.authority = config.authority
-        self.base_path = config.base_path
-        self.in_flight = 0
-        self.state = state
-        self.connections = ConnectionPool(
-            Origin(config.scheme, config.host, config.port),
-            max_idle=upstream.max_idle_connections,
-            idle_timeout=upstream.keepalive_timeout,
-            connect_timeout=upstream.connect_timeout,
-            ssl_context=ssl_context if config.scheme == "https" else None,
-            server_name=upstream.tls.server_name,
-        )
-
-    @property
-    def ewma(self) -> float:
-        return self.state.ewma
-
-
 class UpstreamPool:
     __slots__ = (
         "_eligible",
@@ -92,7 +52,6 @@ class UpstreamPool:
         "config",
         "max_connections",
         "name",
-        "track_latency",
     )
 
     def __init__(
@@ -115,7 +74,6 @@ class UpstreamPool:
             Backend(b, config, context, states[b.url]) for b in config.backends
         )
         self._strategy: Strategy = make_strategy(config.strategy)
-        self.track_latency = config.strategy == "p2c_ewma"
         self.max_connections = config.max_connections
         self._eligible: Sequence[Backend] = ()
         self._probing: Sequence[Backend] = ()
@@ -125,10 +83,17 @@ class UpstreamPool:
     # -- choosing ------------------------------------------------------------------------------
     def pick(
         self, client_ip: str, now: float | None = None, tried: Collection[Backend] = ()
+    ) -> Attempt:
+        """The next attempt, on a backend `choose` gives; the caller must `close()` it."""
+        return Attempt(self.choose(client_ip, now, tried))
+
+    def choose(
+        self, client_ip: str, now: float | None = None, tried: Collection[Backend] = ()
     ) -> Backend:
         """A backend for the next attempt; `tried` ones are avoided while others remain.
 
-        `now` is the event loop's clock (the proxy has it at hand already).
+        `now` is the event loop's clock (the proxy has it at hand already). Choosing takes
+        nothing on the backend (no in-flight place, no probe slot): `pick` does.
         """
         if now is None:
             now = time.monotonic()
@@ -189,25 +154,6 @@ class UpstreamPool:
         """Whether the healthy backends are out only because of their circuits."""
         healthy = [b for b in self.backends if b.state.healthy and b.state.ejected_until <= now]
         return bool(healthy) and all(b.state.breaker.state != 0 for b in healthy)
-
-    # -- accounting ----------------------------------------------------------------------------
-    def succeeded(self, backend: Backend, now: float, seconds: float, probe: bool) -> None:
-        state = backend.state
-        state.breaker.record(True, now, probe)
-        if state.passive_failures or state.ejections:
-            state.passive_success(now)
-        if self.track_latency:
-            state.observe(seconds, now)
-
-    def failed(self, backend: Backend, now: float, probe: bool, passive: bool = True) -> None:
-        """A connect error, a timeout, a broken response, or a 5xx (`passive`: one that the
-        passive checks count, too)."""
-        state = backend.state
-        state.breaker.record(False, now, probe)
-        if passive:
-            state.passive_failure(self.config, now, len(self.backends))
-        if self.track_latency:
-            state.penalise(now)
 
     # -- operators -------------------------------------------------------------------------
     def snapshot(self, now: float) -> dict[str, object]:

@@ -79,7 +79,7 @@ async def test_tls_settings_from_config(ca: trustme.CA, tls_server: int, tmp_pat
         )  # fmt: skip
         upstream = UpstreamPool(config)
         try:
-            backend = upstream.pick("127.0.0.1")
+            backend = upstream.choose("127.0.0.1")
             response = await backend.connections.request(
                 "GET", "/cfg", [("Host", "localhost")], None, deadline=deadline()
             )

@@ -13,6 +13,7 @@ import pytest
 
 from aiogate import log
 from aiogate.config import CircuitBreakerConfig, RetriesConfig, UpstreamConfig
+from aiogate.upstream.attempt import Attempt
 from aiogate.upstream.balance import IpHash, P2CEwma
 from aiogate.upstream.breaker import CLOSED, HALF_OPEN, OPEN, CircuitBreaker
 from aiogate.upstream.pool import NoBackendAvailable, UpstreamPool
@@ -149,22 +150,24 @@ async def test_pool_skips_open_ejected_unhealthy_and_ramps_slow_start() -> None:
     )  # fmt: skip
     pool = UpstreamPool(config, now=0.0)
     a, b, c = pool.backends
-    pool.pick("", 100.0)
+    pool.choose("", 100.0)
     assert b.weight == 4
     b.state.check_result(False, "x", 1, 1, 100.0)  # unhealthy
-    assert {pool.pick("", 101.0).label for _ in range(10)} == {a.label, c.label}
-    pool.failed(a, 101.0, probe=False)  # passive: ejected (cap: 50% of 3 -> 1)
-    assert {pool.pick("", 102.0).label for _ in range(10)} == {c.label}
+    assert {pool.choose("", 101.0).label for _ in range(10)} == {a.label, c.label}
+    with Attempt(a) as attempt:
+        attempt.failed(101.0)  # passive: ejected (cap: 50% of 3 -> 1)
+    assert {pool.choose("", 102.0).label for _ in range(10)} == {c.label}
     for _ in range(5):
-        pool.failed(c, 102.0, probe=False, passive=False)  # breaker opens (default threshold 5)
+        with Attempt(c) as attempt:
+            attempt.failed(102.0, passive=False)  # breaker opens (default threshold 5)
     with pytest.raises(NoBackendAvailable) as info:
-        pool.pick("", 103.0)
+        pool.choose("", 103.0)
     assert info.value.circuit_open
     b.state.check_result(True, "ok", 1, 1, 200.0)  # healthy again at 200: ramps up
-    assert pool.pick("", 201.0) is b
+    assert pool.choose("", 201.0) is b
     assert b.weight == pytest.approx(0.4)  # 10% floor of weight 4
-    pool.pick("", 206.0)
+    pool.choose("", 206.0)
     assert b.weight == pytest.approx(2.4)
-    pool.pick("", 211.0)
+    pool.choose("", 211.0)
     assert b.weight == 4
     await pool.close()

@@ -15,6 +15,7 @@ from aiogate.config import CircuitBreakerConfig, GatewayConfig, load_config
 from aiogate.ratelimit import RateLimitPlan
 from aiogate.reload import Reloader
 from aiogate.runtime import Runtime, RuntimeHolder
+from aiogate.upstream.attempt import Attempt
 from aiogate.upstream.breaker import CLOSED, OPEN
 from aiogate.upstream.state import BackendState, StateRegistry
 
@@ -65,7 +66,8 @@ async def running(tmp_path: Path) -> AsyncIterator[tuple[Path, RuntimeHolder, Re
     reloader = Reloader(path, holder)
     pool = first.pools[UP]
     a = pool.backends[0]
-    pool.failed(a, now=1.0, probe=False)  # A's circuit opens
+    with Attempt(a) as attempt:
+        attempt.failed(now=1.0)  # A's circuit opens
     pool.backends[1].state.check_result(False, "down", 1, 1, now=1.0)  # B goes unhealthy
     yield path, holder, reloader
     await reloader.close()
