@@ -13,9 +13,11 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["RequestContext"]
+__all__ = ["RequestContext", "ResponseEdit"]
 
 _NO_PARAMS: Mapping[str, str] = MappingProxyType({})
+#: (ctx, status, header pairs) -> the status to send; may edit the pairs in place.
+ResponseEdit = Callable[["RequestContext", int, list[tuple[str, str]]], int]
 _NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
 
 
@@ -59,9 +61,11 @@ class RequestContext:
     upstream_body: bytes | None = None
     #: Upstream response headers (lower-case names) never relayed (CORS, transform).
     response_drop: frozenset[str] = frozenset()
-    #: Called by the proxy on the relayed response head before it is sent (streamed or not):
-    #: may edit the header pairs in place; returns the status to send.
-    response_edit: Callable[[RequestContext, int, list[tuple[str, str]]], int] | None = None
+    #: Edits of the relayed response head, one per stage that wants one, in chain order. The
+    #: relay runs them in reverse (the stage nearest the proxy first, as a response travels
+    #: back through the chain) before the head is sent, streamed or not; each may edit the
+    #: header pairs in place and returns the status to send.
+    response_edits: tuple[ResponseEdit, ...] = ()
     #: Set only when tracing is on: the request span and its trace id.
     span: Any = None
     trace_id: str = ""

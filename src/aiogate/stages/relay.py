@@ -88,6 +88,15 @@ class _RelayedWhole(web.Response):
         await _prepare_relayed_headers(self, super()._prepare_headers)
 
 
+def apply_response_edits(ctx: RequestContext, status: int, headers: list[tuple[str, str]]) -> int:
+    """Run the stages' response edits in reverse chain order (the stage nearest the proxy
+    first, as the response travels back through the chain); each sees the previous one's
+    status and headers. Returns the status to send."""
+    for edit in reversed(ctx.response_edits):
+        status = edit(ctx, status, headers)
+    return status
+
+
 async def relay_response(
     ctx: RequestContext,
     upstream: UpstreamResponse,
@@ -106,8 +115,8 @@ async def relay_response(
         headers.append(("X-Request-ID", ctx.request_id))
         headers += ctx.response_headers
         status, reason = upstream.status, upstream.reason or None
-        if ctx.response_edit is not None:  # transform: headers, status mapping
-            status = ctx.response_edit(ctx, status, headers)
+        if ctx.response_edits:  # transform: headers, status mapping
+            status = apply_response_edits(ctx, status, headers)
             if status != upstream.status:
                 reason = None
         length = upstream.content_length
@@ -138,7 +147,7 @@ async def relay_response(
         ctx.bytes_out = len(body)
         return WireResponse(status, reason, headers, body)
     except BaseException:
-        # Whatever broke (a stage's response_edit included), the upstream connection must
+        # Whatever broke (a stage's response edit included), the upstream connection must
         # go: it cannot be reused mid-message, and an unreleased one is never reaped early.
         upstream.release()
         raise

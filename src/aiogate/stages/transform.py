@@ -6,7 +6,7 @@ is forwarded: a rewrite sets `ctx.upstream_path`, header edits go through
 `ctx.upstream_drop`/`upstream_add`, a JSON body edit through `ctx.upstream_body`.
 
 Response edits the proxy applies while it builds the relayed head (`ctx.response_drop`,
-`ctx.response_edit`), so they work for streamed bodies too. Gateway-made error responses keep
+`ctx.response_edits`), so they work for streamed bodies too. Gateway-made error responses keep
 the contract's shape and are not transformed.
 """
 
@@ -277,7 +277,7 @@ class Transform:
             drop = ctx.response_drop
             ctx.response_drop = drop | self._response_drop if drop else self._response_drop
         if self._response_add or self._status_map or self._response_renames:
-            ctx.response_edit = self._edit_response
+            ctx.response_edits = (*ctx.response_edits, self._edit_response)
         response = await call_next(ctx)
         if self._response_json is not None:
             self._response_body(ctx, response, self._response_json)

@@ -234,7 +234,7 @@ async def test_budget_counts_are_given_back_when_the_request_raises() -> None:
     def broken_edit(ctx: RequestContext, status: int, headers: list[tuple[str, str]]) -> int:
         raise RuntimeError("edit failed")
 
-    ctx.response_edit = broken_edit
+    ctx.response_edits = (broken_edit,)
     with pytest.raises(RuntimeError, match="edit failed"):
         await proxy(ctx)
     assert len(fake.sent) == 2  # the retry's answer was the one being edited
@@ -249,7 +249,7 @@ async def test_upstream_is_released_when_a_response_edit_raises() -> None:
     def broken_edit(ctx: RequestContext, status: int, headers: list[tuple[str, str]]) -> int:
         raise RuntimeError("edit failed")
 
-    ctx.response_edit = broken_edit
+    ctx.response_edits = (broken_edit,)
     with pytest.raises(RuntimeError, match="edit failed"):
         await proxy(ctx)
     assert response.released

@@ -142,7 +142,7 @@ async def test_request_side_sets_what_is_forwarded_only() -> None:
     assert ctx.query == "a=1&v=2%203"
     assert {"x-internal", "x-gateway", "x-route", "x-old", "x-new"} <= ctx.upstream_drop
     assert ctx.upstream_add == (("X-New", "o"), ("X-Gateway", "aiogate"), ("X-Route", "r"))
-    assert ctx.response_edit is None  # nothing configured for the response
+    assert ctx.response_edits == ()  # nothing configured for the response
 
 
 async def test_remove_headers_applies_to_what_auth_added() -> None:
@@ -170,10 +170,10 @@ async def test_response_edit_maps_status_and_adds_headers() -> None:
 
     async def terminal(c: RequestContext) -> web.StreamResponse:
         c.upstream, c.backend = "svc", "b1"
-        assert c.response_edit is not None
+        assert len(c.response_edits) == 1
         headers = [("X-A", "1")]
-        assert c.response_edit(c, 502, headers) == 503
-        assert c.response_edit(c, 200, []) == 200
+        assert c.response_edits[0](c, 502, headers) == 503
+        assert c.response_edits[0](c, 200, []) == 200
         assert headers == [("X-B", "1"), ("X-Up", "svc/b1")]
         return web.Response(body=b'{"a": 1}', content_type="application/json")
 
