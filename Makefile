@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 TEST_DEBS := redis-server etcd-server prometheus systemd nginx-light
 BENCH_DEBS := wrk nginx-light
 
-.PHONY: help venv system-deps run test lint format typecheck bench clean
+.PHONY: help venv system-deps run test lint format typecheck bench clean wheel-check
 
 help:
 	@echo "make run        gateway on :8080 with etc/aiogate.yaml and two demo backends"
@@ -17,11 +17,14 @@ help:
 	@echo "make lint       ruff check + format check"
 	@echo "make typecheck  mypy --strict on src/"
 	@echo "make bench      wrk: aiogate vs nginx vs a minimal aiohttp proxy vs direct"
+	@echo "make wheel-check build sdist+wheel, install the wheel in a fresh venv, smoke-test it"
 
-$(VENV)/.installed: setup.cfg setup.py pyproject.toml
+# constraints.txt pins every dependency (deploy/freeze_constraints.py writes it): CI and the
+# container image install the versions that were tested.
+$(VENV)/.installed: setup.cfg setup.py pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,dev]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,dev]'
 	touch $@
 
 venv: $(VENV)/.installed
@@ -63,6 +66,29 @@ typecheck: venv
 bench: venv
 	$(call ensure_debs,$(BENCH_DEBS))
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Build the sdist and, from it, the wheel; install the wheel (without extras) into a fresh venv
+# and show that it runs and carries its data files. tests/integration/test_deploy_files.py
+# runs this, so CI does too.
+WHEEL_DIR ?= dist
+wheel-check: venv
+	rm -rf $(WHEEL_DIR) && $(PY) -m build --outdir $(WHEEL_DIR) . >/dev/null
+	set -euo pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	$(PYTHON) -m venv "$$tmp/venv"; \
+	"$$tmp/venv/bin/pip" install --quiet -c constraints.txt $(WHEEL_DIR)/*.whl; \
+	"$$tmp/venv/bin/aiogate" --version; \
+	cd "$$tmp" && venv/bin/python -c "$$WHEEL_CHECK_PY"
+
+define WHEEL_CHECK_PY
+import aiogate, aiogate.resources as r, aiogate.tracing as t
+assert "site-packages" in aiogate.__file__, aiogate.__file__
+for read in (r.example_config, r.systemd_unit, r.grafana_dashboard, r.prometheus_alerts):
+    assert read().strip(), read.__name__
+assert "[Service]" in r.systemd_unit()
+assert not t.sdk_available(), "opentelemetry came without the [tracing] extra"
+print("wheel-check: package data present, tracing extra optional")
+endef
+export WHEEL_CHECK_PY
 
 clean:
 	rm -rf build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.* htmlcov

@@ -33,8 +33,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--name", required=True)
     parser.add_argument("--port", type=int, required=True)
+    # 127.0.0.1 for `make run`; the compose demo binds 0.0.0.0 inside its container.
+    parser.add_argument("--host", default="127.0.0.1")
     args = parser.parse_args()
-    web.run_app(make_app(args.name), host="127.0.0.1", port=args.port, print=None)
+    web.run_app(make_app(args.name), host=args.host, port=args.port, print=None)
 
 
 if __name__ == "__main__":
