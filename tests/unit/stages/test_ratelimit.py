@@ -15,6 +15,10 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import REGISTRY
+
+# rl_helpers lives with the rate-limit tests (see tests/unit/ratelimit/conftest.py).
+sys.path.insert(0, str(Path(__file__).parents[1] / "ratelimit"))
+
 from rl_helpers import FakeClock, make_limit
 
 from aiogate import log
