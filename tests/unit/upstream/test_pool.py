@@ -5,24 +5,12 @@ test_balance.py, test_retry.py)."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
-from aiogate import log
 from aiogate.config import UpstreamConfig
 from aiogate.upstream.pool import NoBackendAvailable, UpstreamPool
 
-
-@pytest.fixture(autouse=True)
-def _quiet_log(tmp_path: Path) -> Iterator[None]:
-    with (tmp_path / "log").open("w+") as stream:
-        log.configure(stream=stream)
-        yield
-        log.flush()
-    log.configure(stream=sys.__stdout__)
+pytestmark = pytest.mark.usefixtures("quiet_log")
 
 
 async def test_pool_skips_open_ejected_unhealthy_and_ramps_slow_start() -> None:
