@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 from aiohttp import web
 
 
@@ -107,3 +109,25 @@ class CtlGroup:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         self._loop.close()
+
+
+def ctl_group_fixtures(count: int, prefix: str = "b") -> tuple[Any, Any]:
+    """A test module's `group` fixture and its autouse companion, for module-level use:
+
+        group, _fresh = ctl_group_fixtures(2, prefix="h")
+
+    `group` starts `count` backends once per module (starting them per test would be slow);
+    `_fresh` resets them before every test, so no test sees another test's steering.
+    """
+
+    @pytest.fixture(scope="module", name="group")
+    def group() -> Iterator[CtlGroup]:
+        g = CtlGroup(count, prefix=prefix)
+        yield g
+        g.close()
+
+    @pytest.fixture(autouse=True, name="_fresh")
+    def fresh(group: CtlGroup) -> None:
+        group.reset()
+
+    return group, fresh

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-from ctlbackend import CtlGroup
+from ctlbackend import CtlGroup, ctl_group_fixtures
 from gateway import Gateway, wait_until
 from metrics_support import scrape
 from pool_support import backend_view, call, pool_config
@@ -16,16 +15,7 @@ BREAKER = {"failure_threshold": 3, "success_threshold": 2, "timeout": "1s",
            "half_open_requests": 1}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def group() -> Iterator[CtlGroup]:
-    g = CtlGroup(2, prefix="c")
-    yield g
-    g.close()
-
-
-@pytest.fixture(autouse=True)
-def _fresh(group: CtlGroup) -> None:
-    group.reset()
+group, _fresh = ctl_group_fixtures(2, prefix="c")
 
 
 def _transitions(gw: Gateway) -> list[tuple[str, str]]:

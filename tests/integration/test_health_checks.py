@@ -5,27 +5,17 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-from ctlbackend import CtlGroup
+from ctlbackend import CtlGroup, ctl_group_fixtures
 from gateway import Gateway, wait_until
 from pool_support import backend_of, backend_view, call, pool_config
 
 FAST = {"interval": "200ms", "timeout": "500ms", "unhealthy_threshold": 2, "healthy_threshold": 2}
 
 
-@pytest.fixture(scope="module")
-def group() -> Iterator[CtlGroup]:
-    g = CtlGroup(2, prefix="h")
-    yield g
-    g.close()
-
-
-@pytest.fixture(autouse=True)
-def _fresh(group: CtlGroup) -> None:
-    group.reset()
+group, _fresh = ctl_group_fixtures(2, prefix="h")
 
 
 def _healthy(gw: Gateway, url: str) -> bool:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import sys
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from backend import BackendThread
-from ctlbackend import CtlGroup
+from ctlbackend import CtlGroup, ctl_group_fixtures
 from gateway import Gateway, free_port, wait_until
 from metrics_support import Scrape, scrape
 from pool_support import TOKEN, backend_view, call, pool_config
@@ -36,16 +35,7 @@ NO_BREAKER = {"enabled": False}
 STATE_FIELDS = ("upstream", "backend", "from", "to")
 
 
-@pytest.fixture(scope="module")
-def group() -> Iterator[CtlGroup]:
-    g = CtlGroup(3, prefix="m")
-    yield g
-    g.close()
-
-
-@pytest.fixture(autouse=True)
-def _fresh(group: CtlGroup) -> None:
-    group.reset()
+group, _fresh = ctl_group_fixtures(3, prefix="m")
 
 
 def samples(m: Scrape, name: str, *keys: str) -> dict[tuple[str, ...], float]:

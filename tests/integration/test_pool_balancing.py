@@ -4,25 +4,15 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from ctlbackend import CtlGroup
+from ctlbackend import CtlGroup, ctl_group_fixtures
 from gateway import Gateway
 from pool_support import admin_upstreams, backend_of, call, pool_config
 
-
-@pytest.fixture(scope="module")
-def group() -> Iterator[CtlGroup]:
-    g = CtlGroup(3)
-    yield g
-    g.close()
-
-
-@pytest.fixture(autouse=True)
-def _fresh(group: CtlGroup) -> None:
-    group.reset()
+group, _fresh = ctl_group_fixtures(3)
 
 
 def test_round_robin_exact(group: CtlGroup, make_gateway: Callable[..., Gateway]) -> None:

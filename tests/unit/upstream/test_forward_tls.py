@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import pytest
 import trustme
 from aiohttp import web
+from upstream_testing import deadline
 
 from aiogate.config import UpstreamConfig
 from aiogate.upstream.forward import ConnectionPool, Origin, UpstreamConnectError
@@ -38,10 +38,6 @@ async def tls_server(ca: trustme.CA) -> AsyncIterator[int]:
     port: int = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     yield port
     await runner.cleanup()
-
-
-def deadline(seconds: float = 5.0) -> float:
-    return asyncio.get_running_loop().time() + seconds
 
 
 async def test_https_request_with_a_trusted_ca(ca: trustme.CA, tls_server: int) -> None:

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
-from collections.abc import AsyncIterator, Iterator, Sequence
-from pathlib import Path
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from aiogate import log
 from aiogate.config import RetriesConfig, UpstreamConfig
 from aiogate.context import RequestContext
 from aiogate.errors import BadGateway, BadRequest, UpstreamBodyBroken
@@ -28,14 +25,7 @@ from aiogate.upstream.errors import UpstreamConnectError, UpstreamProtocolError
 from aiogate.upstream.head import RequestBody
 from aiogate.upstream.pool import Backend, UpstreamPool
 
-
-@pytest.fixture(autouse=True)
-def _quiet_log(tmp_path: Path) -> Iterator[None]:
-    with (tmp_path / "log").open("w+") as stream:
-        log.configure(stream=stream)
-        yield
-        log.flush()
-    log.configure(stream=sys.__stdout__)
+pytestmark = pytest.mark.usefixtures("quiet_log")
 
 
 class FakeResponse:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from aiogate.config import RetriesConfig
-from aiogate.upstream.retry import RetryBudget, RetryLease
+from aiogate.upstream.retry import RetryBudget, RetryLease, backoff_delay
 
 
 def budget(ratio: float, minimum: int, requests: int = 0, retries: int = 0) -> RetryBudget:
@@ -74,3 +76,20 @@ def test_from_config_ignores_the_deprecated_reserve() -> None:
         RetriesConfig.model_validate({"budget": 0, "min_retry_concurrency": 0})
     )
     assert not RetryLease(stingy).start_retry()
+
+
+def test_full_jitter() -> None:
+    config = RetriesConfig(attempts=3, base_delay=0.1, max_delay=0.3)
+    rng = random.Random(1)
+    delays = [backoff_delay(config, n, rng) for n in (0, 1, 2, 5) for _ in range(200)]
+    assert all(0 <= d <= 0.3 for d in delays)
+    assert max(delays[:200]) <= 0.1
+    assert max(delays[-200:]) > 0.25
+
+
+def test_retries_accept_both_spellings() -> None:
+    old = RetriesConfig.model_validate({"backoff": 0.5, "max_backoff": 1})
+    new = RetriesConfig.model_validate({"base_delay": 0.5, "max_delay": 1})
+    assert (old.base_delay, old.max_delay) == (new.base_delay, new.max_delay) == (0.5, 1)
+    assert old.backoff == 0.5
+    assert old.max_backoff == 1

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from log_testing import log_to_file
 
 from aiogate import log
 from aiogate.config import UpstreamConfig
@@ -22,11 +22,8 @@ from aiogate.upstream.pool import Backend, UpstreamPool
 
 @pytest.fixture(autouse=True)
 def _log_to_file(tmp_path: Path) -> Iterator[None]:
-    with (tmp_path / "log").open("w+") as stream:
-        log.configure(stream=stream, level="debug")
+    with log_to_file(tmp_path / "log", level="debug"):
         yield
-        log.flush()
-    log.configure(stream=sys.__stdout__)
 
 
 def checker(script: str, timeout: float) -> tuple[HealthChecker, Backend]:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import pytest
+from log_testing import events, log_to_file
 
 from aiogate import log
 from aiogate.tasks import BackgroundTask, TaskSet
@@ -17,17 +16,8 @@ from aiogate.tasks import BackgroundTask, TaskSet
 
 @pytest.fixture(autouse=True)
 def out(tmp_path: Path) -> Iterator[TextIO]:
-    with (tmp_path / "stdout").open("w+") as stream:
-        log.configure(level="debug", stream=stream)
+    with log_to_file(tmp_path / "stdout", level="debug") as stream:
         yield stream
-    log.configure(stream=sys.__stdout__)
-
-
-def events(stream: TextIO, name: str) -> list[dict[str, Any]]:
-    log.flush()
-    stream.seek(0)
-    found = [json.loads(line) for line in stream.read().splitlines()]
-    return [record for record in found if record["event"] == name]
 
 
 async def test_stop_cancels_and_waits_for_the_task() -> None:

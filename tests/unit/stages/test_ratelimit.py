@@ -15,6 +15,11 @@ from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import REGISTRY
+
+# rl_helpers lives with the rate-limit tests (see tests/unit/ratelimit/conftest.py).
+sys.path.insert(0, str(Path(__file__).parents[1] / "ratelimit"))
+
+from log_testing import log_to_file
 from rl_helpers import FakeClock, make_limit
 
 from aiogate import log
@@ -32,11 +37,8 @@ IP = "192.0.2.7"
 def log_lines(tmp_path: Path) -> Iterator[Path]:
     """The stage logs `ratelimit_rejected`: send the lines to a file the test can read."""
     path = tmp_path / "log"
-    with path.open("w") as stream:
-        log.configure(stream=stream)
+    with log_to_file(path):
         yield path
-        log.flush()
-    log.configure(stream=sys.__stdout__)
 
 
 def logged(path: Path, event: str) -> list[dict[str, Any]]:

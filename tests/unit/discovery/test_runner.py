@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
 import pytest
+from log_testing import events, log_to_file
 
 from aiogate import log
 from aiogate.config import BackendConfig, EtcdDiscoveryConfig
@@ -61,17 +60,8 @@ class FakeSource:
 
 @pytest.fixture(autouse=True)
 def out(tmp_path: Path) -> Iterator[TextIO]:
-    with (tmp_path / "stdout").open("w+") as stream:
-        log.configure(level="debug", stream=stream)
+    with log_to_file(tmp_path / "stdout", level="debug") as stream:
         yield stream
-    log.configure(stream=sys.__stdout__)
-
-
-def events(stream: TextIO, name: str) -> list[dict[str, Any]]:
-    log.flush()
-    stream.seek(0)
-    found = [json.loads(line) for line in stream.read().splitlines()]
-    return [record for record in found if record["event"] == name]
 
 
 async def until(predicate: object, within: float = 5.0) -> None:

@@ -11,6 +11,7 @@ import pytest
 from aiogate.upstream.balance import (
     IpHash,
     LeastConnections,
+    P2CEwma,
     Random,
     RoundRobin,
     WeightedRoundRobin,
@@ -116,3 +117,39 @@ def test_single_backend_always_wins() -> None:
     for name in ("round_robin", "weighted_round_robin", "least_connections", "ip_hash", "random"):
         strategy = make_strategy(name)
         assert all(strategy.pick([only], "1.2.3.4") is only for _ in range(5))
+
+
+@dataclass(eq=False)
+class Labelled:
+    """A backend as the hashing ring and p2c see it: a label and a latency score."""
+
+    label: str
+    weight: float = 1
+    in_flight: int = 0
+    ewma: float = 0.0
+
+
+def test_ip_hash_moves_only_the_removed_backends_share() -> None:
+    a, b, c = Labelled("a"), Labelled("b"), Labelled("c")
+    ring = IpHash()
+    ips = [f"10.0.{i // 256}.{i % 256}" for i in range(3000)]
+    before = {ip: ring.pick((a, b, c), ip).label for ip in ips}
+    shares = Counter(before.values())
+    assert all(800 < n < 1200 for n in shares.values()), shares
+    after = {ip: ring.pick((a, b), ip).label for ip in ips}
+    moved = [ip for ip in ips if before[ip] != after[ip]]
+    assert len(moved) == shares["c"]
+    assert all(before[ip] == "c" for ip in moved)
+
+
+def test_p2c_prefers_the_faster_and_less_loaded() -> None:
+    fast, slow = Labelled("fast", ewma=0.01), Labelled("slow", ewma=0.2)
+    p2c = P2CEwma(random.Random(3))
+    assert Counter(p2c.pick([fast, slow], "").label for _ in range(50)) == {"fast": 50}
+    fast.in_flight = 40  # 0.01 x 41 > 0.2 x 1
+    assert p2c.pick([fast, slow], "").label == "slow"
+    three = [Labelled("x", ewma=0.01), Labelled("y", ewma=0.01), Labelled("z", ewma=1.0)]
+    picks = Counter(p2c.pick(three, "").label for _ in range(300))
+    assert picks["z"] == 0
+    assert picks["x"] > 50
+    assert picks["y"] > 50
