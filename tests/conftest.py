@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from consul_double import ConsulAgent, ConsulDouble
 from etcd_server import EtcdServer
 from redis_server import RedisServer
 
@@ -28,3 +31,32 @@ def etcd_server(tmp_path: Path) -> Iterator[EtcdServer]:
     server = EtcdServer(tmp_path).start()
     yield server
     server.stop()
+
+
+@dataclass
+class ConsulEnv:
+    """Where the Consul tests register services: the double, or a real agent."""
+
+    url: str
+    agent: ConsulAgent
+    double: ConsulDouble | None
+
+    def need_double(self) -> ConsulDouble:
+        """For tests that kill the agent or change its ACLs: only the double can."""
+        if self.double is None:
+            pytest.skip("needs the Consul double (kills it or changes its ACLs)")
+        return self.double
+
+
+@pytest.fixture
+def consul() -> Iterator[ConsulEnv]:
+    """The Consul double, or the real agent at $AIOGATE_TEST_CONSUL (same tests, unchanged)."""
+    real = os.environ.get("AIOGATE_TEST_CONSUL")
+    if real:
+        agent = ConsulAgent(real, os.environ.get("AIOGATE_TEST_CONSUL_TOKEN"))
+        yield ConsulEnv(real, agent, None)
+        agent.cleanup()
+        return
+    double = ConsulDouble().start()
+    yield ConsulEnv(double.url, ConsulAgent(double.url), double)
+    double.stop()
