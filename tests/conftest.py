@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from consul_double import ConsulAgent, ConsulDouble
+from consul_double import ConsulAgent, ConsulDouble, ConsulEnv
 from etcd_server import EtcdServer
 from redis_server import RedisServer
 
@@ -31,21 +30,6 @@ def etcd_server(tmp_path: Path) -> Iterator[EtcdServer]:
     server = EtcdServer(tmp_path).start()
     yield server
     server.stop()
-
-
-@dataclass
-class ConsulEnv:
-    """Where the Consul tests register services: the double, or a real agent."""
-
-    url: str
-    agent: ConsulAgent
-    double: ConsulDouble | None
-
-    def need_double(self) -> ConsulDouble:
-        """For tests that kill the agent or change its ACLs: only the double can."""
-        if self.double is None:
-            pytest.skip("needs the Consul double (kills it or changes its ACLs)")
-        return self.double
 
 
 @pytest.fixture

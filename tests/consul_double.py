@@ -33,6 +33,7 @@ import json
 import random
 import re
 import threading
+import time
 import urllib.request
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -100,6 +101,8 @@ class ConsulDouble:
         self.state = _State()
         #: Every health query seen: (service, query parameters, token header or None).
         self.queries: list[tuple[str, dict[str, str], str | None]] = []
+        #: Every health answer sent: (wall-clock time, service, index, instance IDs).
+        self.answers: list[tuple[float, str, int, list[str]]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -287,7 +290,15 @@ class ConsulDouble:
         else:
             tags = request.query.getall("tag", [])
             body = [self._entry(i) for i in self._matching(name, tags, passing)]
-        return web.json_response(body, headers=headers)
+        response = web.json_response(body, headers=headers)
+        try:
+            await response.prepare(request)
+            await response.write_eof()
+        except ConnectionResetError:
+            return response  # the client gave up on a held query: nothing was answered
+        ids = [entry["Service"]["ID"] for entry in body]
+        self.answers.append((time.time(), name, int(headers["X-Consul-Index"]), ids))
+        return response
 
     async def _block(self, name: str, index: int, wait: float) -> None:
         """Hold while the service's index is <= `index`, up to `wait`; a kill or a restore
@@ -418,3 +429,20 @@ class ConsulAgent:
     def cleanup(self) -> None:
         for sid in list(self.registered):
             self.deregister(sid)
+
+
+@dataclass
+class ConsulEnv:
+    """Where the Consul tests register services: the double, or a real agent."""
+
+    url: str
+    agent: ConsulAgent
+    double: ConsulDouble | None
+
+    def need_double(self) -> ConsulDouble:
+        """For tests that kill the agent or change its ACLs: only the double can."""
+        if self.double is None:
+            import pytest
+
+            pytest.skip("needs the Consul double (kills it or changes its ACLs)")
+        return self.double
