@@ -4,7 +4,7 @@
 >>> config.server.max_body_size                             # bytes; durations are float seconds
 """
 
-from ._discovery import DiscoveryConfig, EtcdDiscoveryConfig
+from ._discovery import ConsulDiscoveryConfig, DiscoveryConfig, EtcdDiscoveryConfig
 from ._route import JsonBodyTransform, PathRewrite, RequestTransform, ResponseTransform
 from ._upstream import FallbackResponseConfig, PassiveHealthConfig
 from .errors import ConfigError, ConfigIssue
@@ -54,6 +54,7 @@ __all__ = [
     "CircuitBreakerConfig",
     "ConfigError",
     "ConfigIssue",
+    "ConsulDiscoveryConfig",
     "CorsConfig",
     "DiscoveryConfig",
     "EtcdDiscoveryConfig",

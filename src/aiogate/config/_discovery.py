@@ -9,28 +9,36 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BeforeValidator, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from ._base import Model, fail, one_or_many
 from .units import Duration
 
-__all__ = ["DiscoveryConfig", "EtcdDiscoveryConfig"]
+__all__ = ["ConsulDiscoveryConfig", "DiscoveryConfig", "EtcdDiscoveryConfig"]
 
 
-def _endpoint_issue(value: str) -> str | None:
-    """Why `value` is not an etcd client URL, or None when it is one."""
+def _endpoint_issue(value: str, what: str = "etcd endpoint") -> str | None:
+    """Why `value` is not an http(s)://host:port base URL, or None when it is one."""
     hint = "expected http://host:port or https://host:port"
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError on a bad port
     except ValueError as exc:
-        return f"invalid etcd endpoint '{value}': {exc}"
+        return f"invalid {what} '{value}': {exc}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"invalid etcd endpoint '{value}' ({hint})"
+        return f"invalid {what} '{value}' ({hint})"
     if parts.path not in ("", "/") or parts.query or parts.fragment:
-        return f"an etcd endpoint takes no path or query: '{value}' ({hint})"
+        return f"an {what} takes no path or query: '{value}' ({hint})"
     if parts.username is not None or parts.password is not None:
-        return "credentials in an etcd endpoint are not supported"
+        return f"credentials in an {what} are not supported"
     return None
 
 
@@ -82,6 +90,77 @@ class EtcdDiscoveryConfig(Model):
         return self
 
 
+#: Consul caps a blocking query's `wait` at 10 minutes.
+_MAX_CONSUL_WAIT = 600.0
+
+
+def _no_blank(value: Any) -> Any:
+    """`token: "${env:CONSUL_TOKEN:-}"` with the variable unset means no token, not ""."""
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+class ConsulDiscoveryConfig(Model):
+    """The instances of one Consul service, followed with blocking health queries.
+
+    Each instance becomes a backend `SCHEME://ADDRESS:PORT`, ADDRESS being the service's own
+    address or, when it has none, its node's (as Consul's DNS answers).
+    """
+
+    type: Literal["consul"] = "consul"
+    #: The Consul agent's HTTP API (https:// is verified against the system trust store).
+    address: str = "http://127.0.0.1:8500"
+    #: The service name as registered in Consul.
+    service: str = Field(min_length=1)
+    #: Only instances whose checks all pass (Consul's `?passing`); false: every instance.
+    passing_only: bool = True
+    #: ACL token sent as `X-Consul-Token`; empty or absent: none (the agent's default).
+    token: Annotated[SecretStr | None, BeforeValidator(_no_blank)] = None
+    #: Only instances carrying this tag.
+    tag: Annotated[str | None, BeforeValidator(_no_blank)] = None
+    #: Ask this datacenter instead of the agent's own.
+    datacenter: Annotated[str | None, BeforeValidator(_no_blank)] = None
+    #: The scheme of the backend URLs built from the instances.
+    scheme: Literal["http", "https"] = "http"
+    #: How long Consul may hold a blocking query open when nothing changes.
+    wait: Annotated[Duration, Field(gt=0)] = 55.0
+    #: Each request beyond `wait`, and how long the start waits for the first read.
+    timeout: Annotated[Duration, Field(gt=0)] = 2.0
+    debounce: Annotated[Duration, Field(ge=0)] = 0.2
+    backoff: Annotated[Duration, Field(gt=0)] = 0.25
+    max_backoff: Annotated[Duration, Field(gt=0)] = 5.0
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        issue = _endpoint_issue(value, "Consul address")
+        if issue is not None:
+            fail(issue)
+        return value.rstrip("/")
+
+    @field_validator("service")
+    @classmethod
+    def _service(cls, value: str) -> str:
+        # It is a path segment of the query: a slash would ask for another endpoint.
+        if "/" in value or value != value.strip():
+            fail(f"a Consul service name has no '/' or surrounding spaces, got '{value}'")
+        return value
+
+    @field_validator("wait")
+    @classmethod
+    def _wait(cls, value: float) -> float:
+        if value > _MAX_CONSUL_WAIT:
+            fail("must be at most 10m (Consul's limit for a blocking query)")
+        return value
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ConsulDiscoveryConfig:
+        if self.max_backoff < self.backoff:
+            fail("must be >= backoff", "max_backoff")
+        return self
+
+
 def _source_type(value: Any) -> Any:
     """The member of `DiscoveryConfig` to validate `value` with.
 
@@ -95,6 +174,6 @@ def _source_type(value: Any) -> Any:
 
 #: An upstream's `discovery:` block. A new source type adds `| Annotated[Model, Tag("name")]`.
 DiscoveryConfig = Annotated[
-    Annotated[EtcdDiscoveryConfig, Tag("etcd")],
+    Annotated[EtcdDiscoveryConfig, Tag("etcd")] | Annotated[ConsulDiscoveryConfig, Tag("consul")],
     Discriminator(_source_type),
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
+from .consul import ConsulSource
 from .etcd_source import EtcdSource
 from .source import Source, SourceSettings
 
@@ -13,6 +14,7 @@ __all__ = ["SOURCES", "make_source"]
 #: type -> factory(upstream name, that type's config model) -> Source.
 SOURCES: Final[dict[str, Callable[[str, Any], Source]]] = {
     "etcd": EtcdSource,
+    "consul": ConsulSource,
 }
 
 

@@ -17,7 +17,7 @@ upstreams:
 
 def test_an_unknown_type_is_one_error_at_the_type_value(errors: Errors) -> None:
     assert errors(UPSTREAM) == [
-        "3:23: upstreams[0].discovery.type: invalid value 'zookeeper' (expected 'etcd')"
+        "3:23: upstreams[0].discovery.type: invalid value 'zookeeper' (expected 'etcd' or 'consul')"
     ]
 
 

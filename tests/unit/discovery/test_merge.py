@@ -145,8 +145,9 @@ def test_merge_without_findings_is_identity(config: GatewayConfig) -> None:
         ("{name: u, discovery: {prefix: /}}", "2:35: upstreams[0].discovery.prefix: must name"),
         ("{name: u, discovery: {prefix: /a/, endpoints: [x]}}",
          "2:52: upstreams[0].discovery.endpoints[0]: invalid etcd endpoint 'x'"),
-        ("{name: u, discovery: {prefix: /a/, type: consul}}",
-         "2:46: upstreams[0].discovery.type: invalid value"),
+        ("{name: u, discovery: {prefix: /a/, type: zookeeper}}",
+         "2:46: upstreams[0].discovery.type: invalid value 'zookeeper' (expected 'etcd' or "
+         "'consul')"),
         ("{name: u, discovery: {prefix: /a/, backoff: 2s, max_backoff: 1s}}",
          "2:66: upstreams[0].discovery.max_backoff: must be >= backoff"),
     ],
