@@ -1,4 +1,5 @@
-"""Command line: `aiogate run | check | reload | --version`. Parsing and dispatch only."""
+"""Command line: `aiogate run | check | reload | example-config | systemd-unit | --version`.
+Parsing and dispatch only."""
 
 from __future__ import annotations
 
@@ -30,6 +31,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", required=True, type=Path, metavar="PATH")
     check = commands.add_parser("check", help="validate a config file and print every error")
     check.add_argument("-c", "--config", required=True, type=Path, metavar="PATH")
+    commands.add_parser(
+        "example-config", help="print an install-ready example config (no secrets in it)"
+    )
+    commands.add_parser("systemd-unit", help="print the systemd unit (aiogate.service)")
     reload = commands.add_parser(
         "reload",
         help="ask the running gateway to reload its config (admin API); exit 0 when applied",
@@ -108,6 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "check":
         return _check(args.config)
+    if args.command in ("example-config", "systemd-unit"):
+        from . import resources
+
+        text = (
+            resources.example_config()
+            if args.command == "example-config"
+            else (resources.systemd_unit())
+        )
+        sys.stdout.write(text)
+        return 0
     if args.command == "reload":
         from .reloadcmd import reload_command
 

@@ -13,7 +13,6 @@ exports them over OTLP/HTTP (protobuf), off the event loop.
 
 from __future__ import annotations
 
-import importlib.util
 import threading
 from typing import TYPE_CHECKING, Any, Final
 
@@ -21,6 +20,7 @@ from aiohttp import web
 
 from .config import TracingConfig
 from .context import RequestContext
+from .extras import tracing_sdk_available
 
 if TYPE_CHECKING:
     from .stages import Next, Stage
@@ -29,25 +29,14 @@ __all__ = ["Tracing", "sdk_available"]
 
 _TRACE_HEADERS: Final = frozenset({"traceparent", "tracestate"})
 
-#: What `Tracing` imports: the `[tracing]` extra (`pip install 'aiogate[tracing]'`) brings them.
-_SDK_MODULES: Final = (
-    "opentelemetry.trace",
-    "opentelemetry.sdk.trace",
-    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-)
-
 
 def sdk_available() -> bool:
     """Whether the OpenTelemetry SDK and OTLP exporter are installed (the `[tracing]` extra).
 
-    OpenTelemetry is optional: a config with `tracing.enabled: true` on an install without it
-    must be refused by `check` with a clear message, not fail at the first request. Only the
-    modules' specs are looked up; the SDK itself is not imported.
+    A config with `tracing.enabled: true` on an install without them is refused by `check`
+    (see extras.py); this is the same test.
     """
-    try:
-        return all(importlib.util.find_spec(name) is not None for name in _SDK_MODULES)
-    except ImportError:  # a parent package is missing (find_spec imports parents)
-        return False
+    return tracing_sdk_available()
 
 
 class Tracing:

@@ -262,3 +262,22 @@ def test_run_refuses_to_start_without_aiohttp_c_parser(
     assert "C HTTP parser is not active" in result.stderr
     assert "AIOHTTP_NO_EXTENSIONS" in result.stderr
     no_traceback(result)
+
+
+def test_example_config_and_systemd_unit_commands(tmp_path: Path) -> None:
+    """A pip install alone can set up a host: the example config checks (with the variables
+    it documents) and the unit printed is the shipped one."""
+    unit_text = run_cli("systemd-unit")
+    assert unit_text.returncode == 0
+    assert unit_text.stdout == UNIT.read_text()
+    example = run_cli("example-config")
+    assert example.returncode == 0
+    assert "${env:" in example.stdout
+    path = tmp_path / "aiogate.yaml"
+    path.write_text(example.stdout)
+    env = {
+        **os.environ,
+        "AIOGATE_UPSTREAM_URL": "http://127.0.0.1:9001",
+        "JWT_SECRET": "a" * 32 + "-not-published-anywhere",
+    }
+    assert run_cli("check", "-c", str(path), env=env).returncode == 0

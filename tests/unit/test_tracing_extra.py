@@ -57,3 +57,19 @@ def test_without_the_extra_the_gateway_imports_and_reports_it(tmp_path: Path) ->
     )
     assert out.returncode == 0, out.stderr
     assert "OK" in out.stdout
+
+
+def test_check_refuses_tracing_without_the_extra(tmp_path: Path) -> None:
+    config = tmp_path / "aiogate.yaml"
+    config.write_text("tracing:\n  enabled: true\nupstreams: []\nroutes: []\n")
+    code = _BLOCK_OTEL + (
+        "import aiogate.cli\n"
+        f"sys.exit(aiogate.cli.main(['check', '-c', {str(config)!r}]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 1
+    assert f"{config}:2:12: tracing.enabled: tracing needs OpenTelemetry" in out.stderr
+    assert "pip install 'aiogate[tracing]'" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
+from ..extras import tracing_sdk_available
 from ._base import Model, fail
 from .units import Duration
 
@@ -36,6 +37,16 @@ class TracingConfig(Model):
     export_interval: Annotated[Duration, Field(gt=0)] = 1.0
     max_export_batch_size: int = Field(default=512, gt=0)
     max_queue_size: int = Field(default=2048, gt=0)
+
+    @field_validator("enabled")
+    @classmethod
+    def _sdk_installed(cls, value: bool) -> bool:
+        if value and not tracing_sdk_available():
+            fail(
+                "tracing needs OpenTelemetry, which is not installed: "
+                "pip install 'aiogate[tracing]'"
+            )
+        return value
 
     @field_validator("endpoint")
     @classmethod
