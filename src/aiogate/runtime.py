@@ -18,12 +18,11 @@ from .metrics import RECORDER, set_build_info
 from .netmatch import NetworkSet
 from .ratelimit import RateLimitPlan
 from .redisconn import make_redis
-from .router import Router
 from .runtime_types import CompiledRoute
 from .stages import Next
 from .stages.auth import claim_header_names
 from .stages.build import Services, build_chain
-from .stages.routing import Routing
+from .stages.routing import AnyRouter, routing_for
 from .tracing import Tracing
 from .upstream.health import HealthChecker
 from .upstream.pool import UpstreamPool
@@ -102,8 +101,9 @@ class Runtime:
             compiled = CompiledRoute(route.label, route, handler, cors=has_cors)
             methods = frozenset(route.methods) if route.methods is not None else None
             routes.append((route.path, methods, compiled))
-        self.router: Router[CompiledRoute] = Router(routes)
-        self.entry: Next = Routing(self.router)
+        self.router: AnyRouter
+        self.entry: Next
+        self.router, self.entry = routing_for(routes)
         # The same matcher as the IP rules: one bisect instead of a scan per address.
         self._trusted = NetworkSet(config.server.trusted_proxies)
         self._in_flight = 0
