@@ -31,7 +31,7 @@ A config without hosts and headers builds the plain `Router`, so it pays nothing
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Generic, TypeVar
@@ -369,11 +369,15 @@ class Rule(Generic[T]):
 class _Variants(Generic[T]):
     """The routes of one pattern shape, grouped by their header conditions."""
 
-    __slots__ = ("_by_conditions", "order")
+    __slots__ = ("_by_conditions", "always", "order", "plain")
 
     def __init__(self) -> None:
         self._by_conditions: dict[Conditions, _Endpoint[T]] = {}
         self.order: tuple[tuple[Conditions, _Endpoint[T]], ...] = ()
+        #: A route without header conditions is there for every request.
+        self.always = False
+        #: The only routes have no header conditions: no header is read.
+        self.plain: _Endpoint[T] | None = None
 
     def add(self, route: _Route[T], conditions: Conditions) -> None:
         # Same conditions: the methods must be disjoint, exactly as without conditions.
@@ -384,12 +388,19 @@ class _Variants(Generic[T]):
             endpoint.freeze()
         # More conditions are more specific; sorted() is stable, so config order breaks ties.
         self.order = tuple(sorted(self._by_conditions.items(), key=lambda item: -len(item[0])))
+        self.always = () in self._by_conditions
+        if self.always and len(self.order) == 1:
+            self.plain = self._by_conditions[()]
 
     def accepts(self, header: HeaderField) -> bool:
-        return any(_satisfied(conditions, header) for conditions, _ in self.order)
+        return self.always or any(_satisfied(conditions, header) for conditions, _ in self.order)
 
     def select(self, method: str, header: HeaderField) -> _Route[T] | NoMatch:
         """The first variant whose headers match and which allows `method`; else 405."""
+        plain = self.plain
+        if plain is not None:
+            route = plain.by_method.get(method, plain.wildcard)
+            return route if route is not None else NoMatch(plain.allowed)
         allowed: set[str] = set()
         for conditions, endpoint in self.order:
             if _satisfied(conditions, header):
@@ -458,16 +469,11 @@ class ConditionalRouter(Generic[T]):
         segments = path.split("/")
         if segments[0]:
             return _NOT_FOUND
-        for table in self._tables(host):
-            found = table.match(method, segments, header)
-            if found is not _NOT_FOUND:
-                return found
-        return _NOT_FOUND
-
-    def _tables(self, host: str) -> Iterator[_Table[T]]:
         exact = self._exact.get(host)
         if exact is not None:
-            yield exact
+            found = exact.match(method, segments, header)
+            if found is not _NOT_FOUND:
+                return found
         if self._wildcard:
             # `*.example.com` needs at least one whole label before `example.com`: the
             # suffixes after each dot but the last, longest (most specific) first.
@@ -475,10 +481,13 @@ class ConditionalRouter(Generic[T]):
             while dot > 0:
                 table = self._wildcard.get(host[dot + 1 :])
                 if table is not None:
-                    yield table
+                    found = table.match(method, segments, header)
+                    if found is not _NOT_FOUND:
+                        return found
                 dot = host.find(".", dot + 1)
         if self._any is not None:
-            yield self._any
+            return self._any.match(method, segments, header)
+        return _NOT_FOUND
 
 
 def request_host(value: str | None) -> str:

@@ -1,13 +1,13 @@
 """The head of every chain: match the route, then run that route's own composed chain.
 
-`routing_for` decides once per Runtime which matcher runs: a config without `hosts` and
+The Runtime decides once which matcher runs: a config without `hosts` and
 `headers` gets the plain `Routing` (path and method only); otherwise `ConditionalRouting`,
 which also reads the Host header and the headers routes ask for.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from urllib.parse import urlsplit
 
 from aiohttp import hdrs, web
@@ -17,32 +17,17 @@ from ..context import RequestContext
 from ..errors import GatewayError, MethodNotAllowed, NoRoute
 from ..router import ConditionalRouter, HeaderField, Match, NoMatch, Router, Rule, request_host
 from ..runtime_types import CompiledRoute
-from . import Next
 
-__all__ = ["ConditionalRouting", "Routing", "routing_for"]
-
-AnyRouter = Router[CompiledRoute] | ConditionalRouter[CompiledRoute]
+__all__ = ["ConditionalRouting", "Routing", "rules"]
 
 
-def routing_for(
+def rules(
     routes: Iterable[tuple[str, frozenset[str] | None, CompiledRoute]],
-) -> tuple[AnyRouter, Next]:
-    """The router of these routes and the stage that runs it."""
-    routes = list(routes)
-    if not any(target.config.hosts or target.config.headers for _, _, target in routes):
-        router = Router(routes)
-        return router, Routing(router)
-    conditional = ConditionalRouter(
-        Rule(
-            pattern,
-            methods,
-            target,
-            target.config.hosts,
-            tuple(target.config.headers.items()),
-        )
-        for pattern, methods, target in routes
-    )
-    return conditional, ConditionalRouting(conditional)
+) -> Iterator[Rule[CompiledRoute]]:
+    """The routes as `ConditionalRouter` rules, with their `hosts` and `headers`."""
+    for pattern, methods, target in routes:
+        config = target.config
+        yield Rule(pattern, methods, target, config.hosts, tuple(config.headers.items()))
 
 
 class Routing:
