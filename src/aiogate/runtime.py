@@ -18,12 +18,12 @@ from .metrics import RECORDER, set_build_info
 from .netmatch import NetworkSet
 from .ratelimit import RateLimitPlan
 from .redisconn import make_redis
-from .router import Router
+from .router import ConditionalRouter, Router
 from .runtime_types import CompiledRoute
 from .stages import Next
 from .stages.auth import claim_header_names
 from .stages.build import Services, build_chain
-from .stages.routing import Routing
+from .stages.routing import ConditionalRouting, Routing, rules
 from .tracing import Tracing
 from .upstream.health import HealthChecker
 from .upstream.pool import UpstreamPool
@@ -102,8 +102,14 @@ class Runtime:
             compiled = CompiledRoute(route.label, route, handler, cors=has_cors)
             methods = frozenset(route.methods) if route.methods is not None else None
             routes.append((route.path, methods, compiled))
-        self.router: Router[CompiledRoute] = Router(routes)
-        self.entry: Next = Routing(self.router)
+        self.router: Router[CompiledRoute] | ConditionalRouter[CompiledRoute]
+        self.entry: Next
+        if any(route.hosts or route.headers for route in config.routes):
+            self.router = ConditionalRouter(rules(routes))
+            self.entry = ConditionalRouting(self.router)
+        else:  # decided once: a table without hosts and headers matches path and method only
+            self.router = Router(routes)
+            self.entry = Routing(self.router)
         # The same matcher as the IP rules: one bisect instead of a scan per address.
         self._trusted = NetworkSet(config.server.trusted_proxies)
         self._in_flight = 0

@@ -61,6 +61,7 @@ def reference_issues(
     sections: Sections,
     *,
     upstream_names: Sequence[tuple[int, str]] | None = None,
+    unmatched: frozenset[int] = frozenset(),
 ) -> list[PathIssue]:
     """Every cross-section problem, as (path, message).
 
@@ -68,6 +69,8 @@ def reference_issues(
     items that validated. ``upstream_names`` (index, name) overrides the upstream names: the
     loader includes upstreams that failed validation, so a route is not blamed for its
     upstream's typo and a duplicate name is found even next to a broken upstream.
+    ``unmatched`` are routes whose request matching (methods, hosts, headers) is unknown
+    because it failed validation: they take no part in the duplicate check.
     """
     if upstream_names is None:
         upstream_names = [(index, upstream.name) for index, upstream in upstreams]
@@ -89,7 +92,7 @@ def reference_issues(
             issues.append(
                 (("routes", index, "upstream"), f"unknown upstream '{route.upstream}' ({known})")
             )
-    issues += _route_overlaps(routes)
+    issues += _route_overlaps([(i, route) for i, route in routes if i not in unmatched])
     issues += _auth_references(routes, sections)
     return issues
 
@@ -103,12 +106,12 @@ def _route_overlaps(routes: Sequence[tuple[int, RouteConfig]]) -> list[PathIssue
         shape = _PARAM.sub(lambda m: "{" + m.group(1) + "}", route.path)
         for other_index, other in shapes.get(shape, ()):
             common = _common_methods(route.methods, other.methods)
-            if common:
+            if common and _same_requests(route, other):
                 issues.append(
                     (
                         ("routes", index, "path"),
-                        f"duplicate route: {route.path} {common} is already served by "
-                        f"routes[{other_index}]",
+                        f"duplicate route: {route.path} {common}{_where(route, other)} is "
+                        f"already served by routes[{other_index}]",
                     )
                 )
                 break
@@ -123,6 +126,27 @@ def _route_overlaps(routes: Sequence[tuple[int, RouteConfig]]) -> list[PathIssue
                     )
                 )
     return issues
+
+
+def _same_requests(a: RouteConfig, b: RouteConfig) -> bool:
+    """Both routes see the same requests: a host in common (or neither limits hosts) and the
+    same header conditions. A route for `api.example.com` and one for every host are not
+    duplicates: the first is preferred on its host, the second serves the others."""
+    if bool(a.hosts) != bool(b.hosts) or (a.hosts and set(a.hosts).isdisjoint(b.hosts)):
+        return False
+    return _conditions(a) == _conditions(b)
+
+
+def _conditions(route: RouteConfig) -> dict[str, str]:
+    return {name.lower(): value for name, value in route.headers.items()}
+
+
+def _where(a: RouteConfig, b: RouteConfig) -> str:
+    hosts = [host for host in a.hosts if host in b.hosts]
+    text = f" on host {', '.join(hosts)}" if hosts else ""
+    if a.headers:
+        text += " with the same headers"
+    return text
 
 
 def _common_methods(a: tuple[str, ...] | None, b: tuple[str, ...] | None) -> str:

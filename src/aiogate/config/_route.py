@@ -8,6 +8,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AliasChoices, BeforeValidator, Field, field_validator, model_validator
 
+from .. import jsonpointer
 from ..headers import GATEWAY_REQUEST_HEADERS, GATEWAY_RESPONSE_HEADERS, HOP_BY_HOP
 from ..pathnorm import ALLOW_PATH_PARAMETERS, InvalidPath, normalize_path
 from ..template import REQUEST_VARIABLES, VARIABLES, TemplateError
@@ -143,7 +144,8 @@ class HeaderTransform(Model):
 
 
 class JsonBodyTransform(Model):
-    """Top-level fields of a JSON object body; other bodies pass untouched."""
+    """Fields of a JSON object body: top-level names or JSON Pointers (`/meta/source`);
+    other bodies pass untouched."""
 
     add: Mapping[str, Any] = Field(default_factory=dict)
     remove: StrList = ()
@@ -157,11 +159,32 @@ class JsonBodyTransform(Model):
             return {str(k): _plain_json(v, str(k)) for k, v in value.items()}
         return value
 
+    @field_validator("add")
+    @classmethod
+    def _add_pointers(cls, value: Mapping[str, Any]) -> Mapping[str, Any]:
+        for key in value:
+            _check_pointer(key, key)
+        return value
+
+    @field_validator("remove")
+    @classmethod
+    def _remove_pointers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for index, key in enumerate(value):
+            _check_pointer(key, index)
+        return value
+
     @model_validator(mode="after")
     def _something(self) -> JsonBodyTransform:
         if not self.add and not self.remove:
             fail("give `add` and/or `remove`")
         return self
+
+
+def _check_pointer(key: str, at: str | int) -> None:
+    try:
+        jsonpointer.parse(key)
+    except jsonpointer.PointerError as exc:
+        fail(str(exc), at)
 
 
 class PathRewrite(Model):
@@ -320,6 +343,24 @@ class CorsConfig(Model):
         return self
 
 
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_\-]{0,62})(\.[a-z0-9_][a-z0-9_\-]{0,62})*")
+_IPV6_LITERAL = re.compile(r"\[[0-9a-f:.]+\]")
+
+
+def _check_host(host: str, index: int) -> str:
+    """A route host as requests are compared with it: lower-case, no trailing dot, no port."""
+    name = host.strip().lower()
+    name = name[:-1] if name.endswith(".") else name
+    bare = name[2:] if name.startswith("*.") else name
+    if not (_HOST_NAME.fullmatch(bare) or (bare == name and _IPV6_LITERAL.fullmatch(name))):
+        fail(
+            f"invalid host '{host}' (expected a host name such as api.example.com or a"
+            " wildcard such as *.example.com, without a port)",
+            index,
+        )
+    return name
+
+
 def _check_segment_escapes(segment: str, path: str) -> None:
     """Refuse what the router would: escapes no request path can match (`%2F`, `%2e%2e`, `%zz`).
 
@@ -382,6 +423,27 @@ class RouteConfig(Model):
     retries: RetriesConfig | None = None
     #: Checked after the global `ip_rules`, before anything else on the route.
     ip_rules: IpRulesConfig | None = None
+    #: Host names (lower-cased, no port) or `*.domain` wildcards; empty: every host.
+    hosts: Annotated[tuple[str, ...], BeforeValidator(one_or_many)] = ()
+    #: Request headers that must have exactly these values.
+    headers: Mapping[HeaderName, HeaderValue] = Field(default_factory=dict)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(_check_host(host, index) for index, host in enumerate(value)))
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: Mapping[str, str]) -> Mapping[str, str]:
+        seen: set[str] = set()
+        for name in value:
+            if name.lower() == "host":
+                fail("match hosts with the route's `hosts`, not a Host header", name)
+            if name.lower() in seen:
+                fail(f"header '{name}' is given twice (names are case-insensitive)", name)
+            seen.add(name.lower())
+        return value
 
     @field_validator("path")
     @classmethod

@@ -115,12 +115,58 @@ def _references(data: dict[str, Any], config: GatewayConfig | None) -> list[Path
         api_key_in_redis=isinstance(api_key, dict) and api_key.get("store") == "redis",
         redis=data.get("redis") is not None,
     )
-    return reference_issues(
+    routes, unknown, unmatched = _route_references(_items(data.get("routes")))
+    issues = reference_issues(
         _valid(UpstreamConfig, raw_upstreams),
-        _valid(RouteConfig, _items(data.get("routes"))),
+        routes,
         sections,
         upstream_names=names,
+        unmatched=unmatched,
     )
+    return [issue for issue in issues if issue[0][:3] not in unknown]
+
+
+# What the cross-section checks read of a route (path, methods, hosts and headers for
+# duplicates; upstream and auth for references).
+_REFERENCE_KEYS = ("path", "methods", "hosts", "headers", "name", "upstream", "upstreams", "auth")
+_PLACEHOLDER_UPSTREAM = "\0unknown"
+
+
+def _route_references(
+    items: list[Any],
+) -> tuple[list[tuple[int, RouteConfig]], set[Path], frozenset[int]]:
+    """The routes to check references of, the route keys whose findings are void, and the
+    routes whose matching keys are invalid (not compared for duplicates).
+
+    A route with an error elsewhere (a bad template, a typo in `rate_limit`) still takes part
+    with the keys the checks read, so `check` also reports its unknown upstream or that it
+    duplicates another route in the same run. A key that is itself invalid is left out; for a
+    bad `upstream` a placeholder stands in, and what is found about it is dropped.
+    """
+    routes: list[tuple[int, RouteConfig]] = []
+    unknown: set[Path] = set()
+    unmatched: set[int] = set()
+    for index, item in enumerate(items):
+        try:
+            routes.append((index, RouteConfig.model_validate(item, context=_CONTEXT)))
+            continue
+        except ValidationError as exc:
+            if not isinstance(item, dict):
+                continue
+            bad = {str(error["loc"][0]) for error in exc.errors() if error["loc"]}
+        if bad & {"methods", "hosts", "headers"}:
+            unmatched.add(index)
+        if "upstream" in bad or "upstreams" in bad:
+            bad |= {"upstream", "upstreams"}
+        keep = {k: v for k, v in item.items() if k in _REFERENCE_KEYS and k not in bad}
+        if "upstream" not in keep and "upstreams" not in keep:
+            keep["upstream"] = _PLACEHOLDER_UPSTREAM
+            unknown.add(("routes", index, "upstream"))
+        try:
+            routes.append((index, RouteConfig.model_validate(keep, context=_CONTEXT)))
+        except ValidationError:
+            continue  # the path itself is invalid: nothing to compare it with
+    return routes, unknown, frozenset(unmatched)
 
 
 def _items(value: Any) -> list[Any]:

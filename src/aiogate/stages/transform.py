@@ -21,6 +21,7 @@ from urllib.parse import quote, unquote_plus
 import orjson
 from aiohttp import hdrs, web
 
+from .. import jsonpointer
 from ..config import JsonBodyTransform, PathRewrite, RouteConfig, Transformations
 from ..context import RequestContext
 from ..errors import BadRequest, PayloadTooLarge
@@ -37,6 +38,9 @@ __all__ = ["JsonEdit", "Template", "Transform", "compile_rewrite", "compile_temp
 
 Getter = Callable[[RequestContext], str]
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
+# Control characters split or end a header; a lone surrogate (from a JSON `\ud800` escape)
+# has no UTF-8 form. Neither may reach a header value from a claim or a query parameter.
+_UNSAFE: Final = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _PARAM: Final = re.compile(r"\{\*[^{}]*\}$")
 # A `;` in a rewritten path is the operator's own text or was let in by
 # `server.path_parameters: allow`; an encoded slash or backslash is always refused.
@@ -50,6 +54,50 @@ def _clean(value: str) -> str:
 
 def _latency(ctx: RequestContext) -> str:
     return f"{(time.perf_counter() - ctx.started) * 1000.0:.3f}"
+
+
+def _safe(value: str) -> str:
+    return _UNSAFE.sub("", value)
+
+
+def _claim(name: str) -> Getter:
+    def get(ctx: RequestContext) -> str:
+        value = ctx.claims.get(name)
+        if isinstance(value, str):
+            return _safe(value)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)
+        return ""  # missing, or not a string or number (a list, an object, a boolean)
+
+    return get
+
+
+def _header(name: str) -> Getter:
+    def get(ctx: RequestContext) -> str:
+        # aiohttp never yields CR, LF or NUL in a value; the rest of what a client may send
+        # is kept as it came (a field on several lines is one comma-joined value).
+        return _clean(", ".join(ctx.request.headers.getall(name, ())))
+
+    return get
+
+
+def _query(name: str) -> Getter:
+    def get(ctx: RequestContext) -> str:
+        # Decoded, so `%0D%0A` is a CR LF here: removed like any control character.
+        return _safe(ctx.request.query.get(name, ""))
+
+    return get
+
+
+_NAMESPACED: Final[Mapping[str, Callable[[str], Getter]]] = {
+    "claims": _claim,
+    "header": _header,
+    "query": _query,
+}
+
+
+def _getter(var: Var) -> Getter:
+    return _NAMESPACED[var.name](var.key) if var.key else _GETTERS[var.name]
 
 
 _GETTERS: Final[Mapping[str, Getter]] = {
@@ -71,8 +119,8 @@ class Template:
     def __init__(self, parts: tuple[Part, ...], constants: Mapping[str, str]) -> None:
         compiled: list[str | Getter] = []
         for part in parts:
-            piece: str | Getter = part if isinstance(part, str) else _GETTERS[part.name]
-            if isinstance(part, Var) and part.name in constants:
+            piece: str | Getter = part if isinstance(part, str) else _getter(part)
+            if isinstance(part, Var) and not part.key and part.name in constants:
                 piece = constants[part.name]
             last = compiled[-1] if compiled else None
             if isinstance(piece, str) and isinstance(last, str):
@@ -161,13 +209,14 @@ def _is_json(content_type: str | None) -> bool:
 
 
 class JsonEdit:
-    """Add/remove top-level fields of a JSON object; anything else is left as it was."""
+    """Add/remove fields of a JSON object (top-level names or JSON Pointers); anything that
+    is not a JSON object is left as it was."""
 
     __slots__ = ("_add", "_remove", "max_size")
 
     def __init__(self, config: JsonBodyTransform) -> None:
-        self._add = tuple(config.add.items())
-        self._remove = config.remove
+        self._add = tuple((jsonpointer.parse(key), value) for key, value in config.add.items())
+        self._remove = tuple(jsonpointer.parse(key) for key in config.remove)
         self.max_size = config.max_size
 
     def applies(self, content_type: str | None, encoding: str | None, size: int | None) -> bool:
@@ -186,10 +235,10 @@ class JsonEdit:
             return None
         if not isinstance(data, dict):
             return None
-        for name in self._remove:
-            data.pop(name, None)
-        for name, value in self._add:
-            data[name] = value
+        for tokens in self._remove:
+            jsonpointer.remove(data, tokens)
+        for tokens, value in self._add:
+            jsonpointer.add(data, tokens, value)
         return orjson.dumps(data)
 
 
