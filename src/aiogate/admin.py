@@ -172,6 +172,8 @@ def _route_entry(route: RouteConfig) -> dict[str, object]:
         "name": route.label,
         "path": route.path,
         "methods": list(route.methods) if route.methods is not None else None,
+        "hosts": list(route.hosts),
+        "headers": dict(route.headers),
         "upstream": route.upstream,
         "auth": list(route.auth.types) if route.auth is not None else [],
         "rate_limited": bool(route.rate_limit),

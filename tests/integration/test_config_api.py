@@ -141,6 +141,8 @@ def test_get_routes_lists_the_running_routes(cgw: Gateway) -> None:
     assert by_path["/api/users"]["methods"] == ["GET", "POST", "PUT", "DELETE", "HEAD"]
     assert by_path["/api/orders/{id}/items"]["name"] == "order-items"
     assert by_path["/t"]["auth"] == []
+    assert by_path["/t"]["hosts"] == []
+    assert by_path["/t"]["headers"] == {}
 
 
 def test_put_with_two_workers_reaches_every_worker(
