@@ -36,6 +36,20 @@ def _with_route(gw: Gateway, backends: BackendThread, path: str) -> dict[str, An
     return config
 
 
+def _unbuildable(gw: Gateway, backends: BackendThread, tmp: Path) -> dict[str, Any]:
+    """Valid for `check`, but the Runtime cannot be built: a CA file that is no PEM bundle."""
+    bad_ca = tmp / "ca.pem"
+    bad_ca.write_text("not a certificate\n")
+    config = _with_route(gw, backends, "/never")
+    tls = {
+        "name": "tls",
+        "backends": [{"url": "https://127.0.0.1:1"}],
+        "tls": {"ca_file": str(bad_ca)},
+    }
+    config["upstreams"] = [*config["upstreams"], tls]
+    return config
+
+
 def _put(gw: Gateway, body: bytes, query: str = "", token: str = TOKEN) -> Any:
     return request(
         gw.admin_port,

@@ -63,8 +63,7 @@ def test_check_refuses_tracing_without_the_extra(tmp_path: Path) -> None:
     config = tmp_path / "aiogate.yaml"
     config.write_text("tracing:\n  enabled: true\nupstreams: []\nroutes: []\n")
     code = _BLOCK_OTEL + (
-        "import aiogate.cli\n"
-        f"sys.exit(aiogate.cli.main(['check', '-c', {str(config)!r}]))\n"
+        f"import aiogate.cli\nsys.exit(aiogate.cli.main(['check', '-c', {str(config)!r}]))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
