@@ -127,17 +127,7 @@ def test_persist_writes_the_file_atomically_keeping_its_mode(
 def test_a_valid_config_that_cannot_be_built_is_422_and_not_persisted(
     cgw: Gateway, backends: BackendThread, tmp_path: Path
 ) -> None:
-    bad_ca = tmp_path / "ca.pem"
-    bad_ca.write_text("not a certificate\n")
-    config = _with_route(cgw, backends, "/never")
-    config["upstreams"] = [
-        *config["upstreams"],
-        {
-            "name": "tls",
-            "backends": [{"url": "https://127.0.0.1:1"}],
-            "tls": {"ca_file": str(bad_ca)},
-        },
-    ]
+    config = _unbuildable(cgw, backends, tmp_path)
     before = cgw.path.read_bytes()
     reply = _put(cgw, dump(config).encode(), "?persist=true")
     assert reply.status == 422, reply.body
@@ -194,17 +184,7 @@ def test_reload_command_exits_0_when_applied(cgw: Gateway, backends: BackendThre
 def test_reload_command_exits_1_with_the_errors_when_rejected(
     cgw: Gateway, backends: BackendThread, tmp_path: Path
 ) -> None:
-    bad_ca = tmp_path / "ca.pem"
-    bad_ca.write_text("not a certificate\n")
-    config = _with_route(cgw, backends, "/never")
-    config["upstreams"] = [
-        *config["upstreams"],
-        {
-            "name": "tls",
-            "backends": [{"url": "https://127.0.0.1:1"}],
-            "tls": {"ca_file": str(bad_ca)},
-        },
-    ]
+    config = _unbuildable(cgw, backends, tmp_path)
     cgw.write(config)
     result = _reload_cli(cgw.path)
     assert result.returncode == 1
