@@ -6,9 +6,10 @@
 
 from ._discovery import DiscoveryConfig, EtcdDiscoveryConfig
 from ._route import JsonBodyTransform, PathRewrite, RequestTransform, ResponseTransform
+from ._source import ConfigSourceConfig, EtcdConfigSource
 from ._upstream import FallbackResponseConfig, PassiveHealthConfig
 from .errors import ConfigError, ConfigIssue
-from .load import load_config
+from .load import SourceValue, load_config
 from .model import (
     AdminConfig,
     ApiKeyConfig,
@@ -54,8 +55,10 @@ __all__ = [
     "CircuitBreakerConfig",
     "ConfigError",
     "ConfigIssue",
+    "ConfigSourceConfig",
     "CorsConfig",
     "DiscoveryConfig",
+    "EtcdConfigSource",
     "EtcdDiscoveryConfig",
     "FallbackResponseConfig",
     "GatewayConfig",
@@ -80,6 +83,7 @@ __all__ = [
     "RoutePolicy",
     "RouteRateLimit",
     "ServerConfig",
+    "SourceValue",
     "TracingConfig",
     "Transformations",
     "UpstreamConfig",
