@@ -210,7 +210,8 @@ class GatewayConfig(Model):
         if self.config_source is not None and self.server.workers > 1:
             # The workers would each have to watch and agree on every change; not yet.
             fail(
-                "config_source needs server.workers: 1 (not supported with more workers yet)",
+                "needs server.workers: 1 (etcd as a config source is not supported with"
+                " several workers yet)",
                 "config_source",
             )
         if info.context and info.context.get(SKIP_REFERENCE_CHECKS):
