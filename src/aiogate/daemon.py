@@ -17,7 +17,8 @@ from aiohttp import web
 
 from . import log, sdnotify
 from .admin import ReloadOutcome, make_admin_app
-from .config import GatewayConfig
+from .config import ConfigError, GatewayConfig, SourceValue, load_config
+from .configsource import EtcdConfigWatcher
 from .discovery import Discovery
 from .metrics import config_loaded
 from .reload import Reloader, configure_logging
@@ -63,6 +64,8 @@ class Daemon:
         self._reloads = 0
         #: Backends from etcd; idle (no tasks) unless an upstream has `discovery:`.
         self._discovery = Discovery()
+        #: Routes and upstreams from etcd (`config_source:`); None without one.
+        self._source: EtcdConfigWatcher | None = None
         # `reload.watch`: the process owning the config watches it; a worker never does.
         self._watcher = (
             None if worker else ConfigWatcher(config_path, self.reload, lambda: self.config.reload)
@@ -107,6 +110,7 @@ class Daemon:
                 else:
                     sdnotify.ready()
         assert outcome is not None  # the reload returned: it did not raise
+        await self._sync_source()
         if self._watcher is not None:  # the new config may switch watching on or off
             await self._watcher.sync()
         return outcome
@@ -119,18 +123,17 @@ class Daemon:
         config = self._initial
         configure_logging(config)
         logger = log.get_logger("aiogate.daemon")
+        file_text = self._path.read_bytes()
+        config, source_value = await self._start_source(config, file_text)
         # The first read from etcd (bounded by its timeout) comes before the first Runtime, so a
         # gateway whose etcd is up starts ready with the registered backends.
         await self._discovery.start(config)
         runtime = Runtime(self._discovery.apply(config))
         await runtime.start()
         if not self._worker:
-            config_loaded(self._path.read_bytes())
+            config_loaded(file_text + (source_value.raw if source_value is not None else b""))
         holder = self._holder = RuntimeHolder(runtime)
-        self._reloader = Reloader(self._path, holder, count_reloads=not self._worker)
-        self._reloader.base = config
-        self._reloader.overlay = self._discovery
-        self._discovery.attach(self._reloader)
+        self._reloader = self._make_reloader(holder, config, file_text, source_value)
         gateway = GatewayServer(holder)
         low_level = gateway.make_server()
         loop = asyncio.get_running_loop()
@@ -164,6 +167,8 @@ class Daemon:
         low_level.pre_shutdown()
         await _shutdown_within(low_level, timeout)
         await self._discovery.close()
+        if self._source is not None:
+            await self._source.close()
         # SIGHUP reloads in flight are cancelled (a half-started Runtime closes itself), and
         # the Reloader refuses any later one, before the current Runtime is closed: a reload
         # finishing after that would swap in a Runtime nobody closes.
@@ -177,6 +182,65 @@ class Daemon:
         logger.info(log.SHUTDOWN_COMPLETE)
         log.flush()
         return 0
+
+    def _make_reloader(
+        self,
+        holder: RuntimeHolder,
+        config: GatewayConfig,
+        file_text: bytes,
+        source_value: SourceValue | None,
+    ) -> Reloader:
+        """The Reloader of `config` (read from `file_text`, merged with `source_value`), with
+        discovery and the config source applying their changes through it from now on."""
+        reloader = Reloader(self._path, holder, count_reloads=not self._worker)
+        reloader.base = config
+        reloader.file_text = file_text
+        reloader.source_value = source_value
+        reloader.overlay = self._discovery
+        self._discovery.attach(reloader)
+        if self._source is not None:
+            self._source.start(reloader)
+        return reloader
+
+    async def _start_source(
+        self, config: GatewayConfig, file_text: bytes
+    ) -> tuple[GatewayConfig, SourceValue | None]:
+        """`config` with etcd's routes and upstreams, if etcd answers within its timeout and
+        its value is valid; else `config` as it is (the watch applies etcd's value later)."""
+        if config.config_source is None or self._worker:
+            return config, None
+        self._source = EtcdConfigWatcher(config.config_source.etcd)
+        value = await self._source.first_read()
+        if value is None:
+            return config, None
+        try:
+            merged = await asyncio.to_thread(load_config, self._path, raw=file_text, source=value)
+        except ConfigError as exc:
+            log.get_logger("aiogate.reload").error(
+                log.CONFIG_REJECTED,
+                source="etcd",
+                path=str(self._path),
+                pid=os.getpid(),
+                errors=[str(issue) for issue in exc.issues],
+                generation=0,
+            )
+            return config, None
+        return merged, value
+
+    async def _sync_source(self) -> None:
+        """A reload may add, change or drop `config_source:`: watch what the new config says."""
+        if self._worker or self._reloader is None or self._holder is None:
+            return
+        wanted = self.config.config_source
+        settings = wanted.etcd if wanted is not None else None
+        if self._source is not None and self._source.settings == settings:
+            return
+        if self._source is not None:
+            await self._source.close()
+            self._source = None
+        if settings is not None and not self._reloader.closed:
+            self._source = EtcdConfigWatcher(settings, running=self._reloader.source_value)
+            self._source.start(self._reloader)
 
     async def _start_admin(self, holder: RuntimeHolder, config: GatewayConfig) -> web.AppRunner:
         runner = web.AppRunner(

@@ -34,6 +34,9 @@ __all__ = [
     "CONFIG_REJECTED",
     "CONFIG_RELOADED",
     "CONFIG_FILE_CHANGED",
+    "CONFIG_SOURCE_CONNECTED",
+    "CONFIG_SOURCE_DELETED",
+    "CONFIG_SOURCE_DISCONNECTED",
     "CONFIG_WATCH_FAILED",
     "CONFIG_WATCH_FILE_MISSING",
     "CONFIG_WATCH_STARTED",
@@ -108,6 +111,10 @@ CONFIG_WATCH_STOPPED: Final = "config_watch_stopped"
 CONFIG_WATCH_FAILED: Final = "config_watch_failed"
 CONFIG_WATCH_FILE_MISSING: Final = "config_watch_file_missing"
 CONFIG_FILE_CHANGED: Final = "config_file_changed"
+#: The etcd config source (`config_source:`): link up/down, and its key deleted.
+CONFIG_SOURCE_CONNECTED: Final = "config_source_connected"
+CONFIG_SOURCE_DISCONNECTED: Final = "config_source_disconnected"
+CONFIG_SOURCE_DELETED: Final = "config_source_deleted"
 #: An owned background task ended with an exception (fields: task, error); see tasks.py.
 TASK_FAILED: Final = "background_task_failed"
 #: An upstream attempt failed and another follows (fields: upstream, backend, attempt, reason,

@@ -14,7 +14,7 @@ from typing import Protocol
 
 from . import log
 from .admin import ReloadOutcome
-from .config import ConfigError, GatewayConfig, load_config
+from .config import ConfigError, GatewayConfig, SourceValue, load_config
 from .config.diff import diff_summary
 from .metrics import CONFIG_RELOADS, config_loaded
 from .runtime import Runtime, RuntimeHolder
@@ -81,6 +81,11 @@ class Reloader:
         #: The running config as read from the file, before any overlay.
         self.base: GatewayConfig = holder.current.config
         self.overlay: ConfigOverlay | None = None
+        #: The bytes `base` was read from (file or PUT /admin/config): a config source's change
+        #: is merged over them, not over whatever the file holds by then.
+        self.file_text: bytes | None = None
+        #: The last value of the config source (etcd) that went live; every reload merges it.
+        self.source_value: SourceValue | None = None
 
     @property
     def closed(self) -> bool:
@@ -92,38 +97,58 @@ class Reloader:
         async with self._lock:
             if self._closed:
                 return self._shutting_down()
-            return await self._reload(raw)
+            text = raw if raw is not None else await asyncio.to_thread(self._read_file)
+            return await self._reload(text, self.source_value, origin="file")
 
-    async def _reload(self, raw: bytes | None) -> ReloadOutcome:
+    async def apply_source(self, value: SourceValue | None) -> ReloadOutcome:
+        """The config source changed (`None`: its key was deleted): merge it over the running
+        file config and swap that in like a reload; if it is invalid the running config stays
+        and so does the last good value."""
+        async with self._lock:
+            if self._closed:
+                return self._shutting_down()
+            return await self._reload(self.file_text, value, origin="etcd")
+
+    def _read_file(self) -> bytes | None:
+        try:
+            return self._path.read_bytes()
+        except OSError:
+            return None  # load_config reads it again and reports why it cannot
+
+    async def _reload(
+        self, text: bytes | None, source: SourceValue | None, *, origin: str
+    ) -> ReloadOutcome:
         old = self._holder.current
         logger = log.get_logger("aiogate.reload")
         try:
-            config = loaded = await asyncio.to_thread(load_config, self._path, raw=raw)
+            config = loaded = await asyncio.to_thread(
+                load_config, self._path, raw=text, source=source
+            )
         except ConfigError as exc:
             errors = tuple(str(issue) for issue in exc.issues)
-            return self._rejected(old, errors)
+            return self._rejected(old, errors, origin)
         if self.overlay is not None:
             config = self.overlay.apply(loaded)
         new = await self._start_runtime(old, config)
         if isinstance(new, str):
-            return self._rejected(old, (new,))
+            return self._rejected(old, (new,), origin)
         self._holder.current = new
         # Before any await: a cancellation from here on must not leave `old` unretired.
         self._retire_later(old)
         self.base = loaded
+        self.file_text = text
+        self.source_value = source
         if self.overlay is not None:
             self.overlay.applied(loaded)
         configure_logging(config)
         if self._count:
             CONFIG_RELOADS.labels("applied").inc()
-            # A file that vanished after it was loaded keeps the old hash.
-            with contextlib.suppress(OSError):
-                config_loaded(
-                    raw if raw is not None else await asyncio.to_thread(self._path.read_bytes)
-                )
+            if text is not None:  # None: the file vanished after it was loaded (old hash kept)
+                config_loaded(text + (source.raw if source is not None else b""))
         pending = restart_only_changes(old.config, config)
         log.get_logger("aiogate.reload").info(
             log.CONFIG_RELOADED,
+            source=origin,
             path=str(self._path),
             pid=os.getpid(),
             generation=new.generation,
@@ -199,11 +224,14 @@ class Reloader:
     def _retire_later(self, old: Runtime) -> None:
         self._draining.spawn(self._retire(old), name=f"retire-runtime-{old.generation}")
 
-    def _rejected(self, current: Runtime, errors: tuple[str, ...]) -> ReloadOutcome:
+    def _rejected(
+        self, current: Runtime, errors: tuple[str, ...], origin: str = "file"
+    ) -> ReloadOutcome:
         if self._count:
             CONFIG_RELOADS.labels("rejected").inc()
         log.get_logger("aiogate.reload").error(
             log.CONFIG_REJECTED,
+            source=origin,
             path=str(self._path),
             pid=os.getpid(),
             errors=list(errors),

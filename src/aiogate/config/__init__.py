@@ -6,9 +6,10 @@
 
 from ._discovery import ConsulDiscoveryConfig, DiscoveryConfig, EtcdDiscoveryConfig
 from ._route import JsonBodyTransform, PathRewrite, RequestTransform, ResponseTransform
+from ._source import ConfigSourceConfig, EtcdConfigSource
 from ._upstream import FallbackResponseConfig, PassiveHealthConfig
 from .errors import ConfigError, ConfigIssue
-from .load import load_config
+from .load import SourceValue, load_config
 from .model import (
     AdminConfig,
     ApiKeyConfig,
@@ -54,9 +55,11 @@ __all__ = [
     "CircuitBreakerConfig",
     "ConfigError",
     "ConfigIssue",
+    "ConfigSourceConfig",
     "ConsulDiscoveryConfig",
     "CorsConfig",
     "DiscoveryConfig",
+    "EtcdConfigSource",
     "EtcdDiscoveryConfig",
     "FallbackResponseConfig",
     "GatewayConfig",
@@ -81,6 +84,7 @@ __all__ = [
     "RoutePolicy",
     "RouteRateLimit",
     "ServerConfig",
+    "SourceValue",
     "TracingConfig",
     "Transformations",
     "UpstreamConfig",

@@ -7,7 +7,9 @@ in one :class:`ConfigError`; a config either loads completely or not at all.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -15,16 +17,27 @@ from pydantic import ValidationError
 from ._checks import Path, PathIssue, Sections, format_path, reference_issues
 from ._messages import error_at, error_message
 from ._route import RouteConfig
+from ._source import SOURCE_SECTIONS
 from ._upstream import UpstreamConfig
 from ._yaml import Document, Position, read_document
 from .errors import ConfigError, ConfigIssue
 from .model import SKIP_REFERENCE_CHECKS, GatewayConfig
 
-__all__ = ["load_config"]
+__all__ = ["SourceValue", "load_config"]
 
 _CONTEXT = {SKIP_REFERENCE_CHECKS: True}
 # Keys the YAML may spell differently from the model's field name.
 _SPELLINGS = {"upstream": "upstreams", "types": "type"}
+# References that would read the gateway host's environment or files: never from a source.
+_HOST_REF = re.compile(r"\$\{(?:env|file):")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceValue:
+    """A config source's document (the etcd key's value) and the name its errors carry."""
+
+    name: str  # e.g. "etcd:/aiogate/config"
+    raw: bytes
 
 
 def load_config(
@@ -32,11 +45,14 @@ def load_config(
     env: Mapping[str, str] | None = None,
     *,
     raw: bytes | None = None,
+    source: SourceValue | None = None,
 ) -> GatewayConfig:
     """Read, substitute, validate; raise ConfigError listing every issue found.
 
     With ``raw`` the config is those bytes (YAML, or JSON, which is YAML) instead of the file's
-    content, and ``path`` only names it in the errors (`PUT /admin/config`).
+    content, and ``path`` only names it in the errors (`PUT /admin/config`). With ``source``
+    (and a `config_source:` in the file) the source's `routes:`/`upstreams:` replace the
+    file's before validation; issues inside them are reported against ``source.name``.
     """
     file = os.fspath(path)
     doc = read_document(file, os.environ if env is None else env, raw)
@@ -45,6 +61,12 @@ def load_config(
         hint = "expected a mapping of sections such as server, upstreams and routes"
         position = doc.values[()]
         raise ConfigError([ConfigIssue(file, position.line, position.col, f"{what}; {hint}")])
+    taken: tuple[str, ...] = ()
+    if source is not None and doc.data.get("config_source") is not None:
+        taken = _overlay(doc, source)
+
+    def origin(path: Path) -> str:
+        return source.name if source is not None and path[:1] and path[0] in taken else file
 
     # (path, message, point at the key rather than the value)
     found: list[tuple[Path, str, bool]] = [(path, msg, False) for path, msg in doc.issues]
@@ -60,14 +82,65 @@ def load_config(
     # that text (invalid size, unknown upstream ...) would be noise on top of the real issue.
     unresolved = [path for path, _ in doc.issues]
     issues = {
-        _issue(file, doc, path, message, at_key)
+        _issue(origin(path), doc, path, message, at_key)
         for path, message, at_key in found
         if (path, message) in doc.issues or not any(path[: len(u)] == u for u in unresolved)
     }
     if issues:
-        raise ConfigError(sorted(issues, key=lambda i: (i.line, i.col, i.message)))
+        # The file's issues first, then the source's, each in document order.
+        raise ConfigError(sorted(issues, key=lambda i: (i.file != file, i.line, i.col, i.message)))
     assert config is not None  # no issues means validation succeeded
     return config
+
+
+def _overlay(doc: Document, source: SourceValue) -> tuple[str, ...]:
+    """Put the source's sections into `doc` (data, positions, issues) in place of the file's;
+    return the sections taken from the source. Raise ConfigError for an unusable source."""
+    refused = [
+        ConfigIssue(source.name, *_offset_position(source.raw, match.start()), _HOST_REF_MESSAGE)
+        for match in _HOST_REF.finditer(source.raw.decode("utf-8", "replace"))
+    ]
+    if refused:
+        raise ConfigError(refused)
+    # No environment: `${env:` was refused above, so nothing is left to substitute.
+    other = read_document(source.name, {}, source.raw)
+    if not isinstance(other.data, dict):
+        what = "is empty" if other.data is None else "is not a mapping"
+        position = other.values[()]
+        message = f"the config source {what}; expected a mapping with routes: and upstreams:"
+        raise ConfigError([ConfigIssue(source.name, position.line, position.col, message)])
+    stray = [key for key in other.data if key not in SOURCE_SECTIONS]
+    if stray:
+        hint = "only routes and upstreams come from a config source; set {} in the config file"
+        raise ConfigError(
+            ConfigIssue(source.name, *_at(other.keys[(key,)]), hint.format(f"'{key}'"))
+            for key in stray
+        )
+    taken = tuple(key for key in SOURCE_SECTIONS if key in other.data)
+    doc.keys = {p: v for p, v in doc.keys.items() if p[:1] not in [(k,) for k in taken]}
+    doc.values = {p: v for p, v in doc.values.items() if p[:1] not in [(k,) for k in taken]}
+    doc.issues = [(p, m) for p, m in doc.issues if p[:1] not in [(k,) for k in taken]]
+    for key in taken:
+        doc.data[key] = other.data[key]
+    doc.keys.update(other.keys)
+    doc.values.update({p: v for p, v in other.values.items() if p})
+    doc.issues.extend(other.issues)
+    return taken
+
+
+_HOST_REF_MESSAGE = (
+    "${env:...} and ${file:...} are not resolved in a config source (they would read the"
+    " gateway host's environment and files); put the value itself"
+)
+
+
+def _offset_position(raw: bytes, offset: int) -> tuple[int, int]:
+    text = raw.decode("utf-8", "replace")[:offset]
+    return text.count("\n") + 1, offset - (text.rfind("\n") + 1) + 1
+
+
+def _at(position: Position) -> tuple[int, int]:
+    return position.line, position.col
 
 
 def _validation_issues(data: dict[str, Any], exc: ValidationError) -> list[tuple[Path, str, bool]]:

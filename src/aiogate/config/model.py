@@ -37,6 +37,7 @@ from ._route import (
     RouteRateLimit,
     Transformations,
 )
+from ._source import ConfigSourceConfig
 from ._upstream import (
     BackendConfig,
     CircuitBreakerConfig,
@@ -198,12 +199,21 @@ class GatewayConfig(Model):
     reload: ReloadConfig = ReloadConfig()
     #: The CORS policy of every route without its own `cors:` (a route's replaces it whole).
     cors: CorsConfig | None = None
+    #: Routes and upstreams from etcd instead of this file (absent: the file's).
+    config_source: ConfigSourceConfig | None = None
 
     _upstreams_by_name: dict[str, UpstreamConfig] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _references(self, info: ValidationInfo) -> GatewayConfig:
         self._upstreams_by_name = {upstream.name: upstream for upstream in self.upstreams}
+        if self.config_source is not None and self.server.workers > 1:
+            # The workers would each have to watch and agree on every change; not yet.
+            fail(
+                "needs server.workers: 1 (etcd as a config source is not supported with"
+                " several workers yet)",
+                "config_source",
+            )
         if info.context and info.context.get(SKIP_REFERENCE_CHECKS):
             return self
         issues = reference_issues(

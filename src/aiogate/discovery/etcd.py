@@ -141,6 +141,11 @@ class EtcdClient:
         )
         return parse_range(body)
 
+    async def get(self, key: str) -> tuple[int, KeyValue | None]:
+        """One key (None when it does not exist) and the store revision it was read at."""
+        revision, kvs = parse_range(await self._post("/v3/kv/range", {"key": _b64(key)}))
+        return revision, next(iter(kvs), None)
+
     async def status(self) -> None:
         """A cheap request that succeeds only while the endpoint serves (liveness probe)."""
         await self._post("/v3/maintenance/status", {})
@@ -153,14 +158,22 @@ class EtcdClient:
         Ends by raising EtcdError (WatchCompacted when the revision is gone): a watch stream
         that closes is a lost connection, never a normal end.
         """
+        async for events in self._watch(prefix, prefix_end(prefix), start_revision):
+            yield events
+
+    async def watch_key(self, key: str, start_revision: int) -> AsyncIterator[list[WatchEvent]]:
+        """Changes of exactly `key` (not of longer keys it is a prefix of); as `watch_prefix`."""
+        async for events in self._watch(key, None, start_revision):
+            yield events
+
+    async def _watch(
+        self, key: str, range_end: bytes | None, start_revision: int
+    ) -> AsyncIterator[list[WatchEvent]]:
         url = f"{self.endpoint}/v3/watch"
-        request = {
-            "create_request": {
-                "key": _b64(prefix),
-                "range_end": _b64(prefix_end(prefix)),
-                "start_revision": str(start_revision),
-            }
-        }
+        create: dict[str, str] = {"key": _b64(key), "start_revision": str(start_revision)}
+        if range_end is not None:
+            create["range_end"] = _b64(range_end)
+        request = {"create_request": create}
         try:
             async with self._http().post(url, json=request) as resp:
                 if resp.status != 200:
