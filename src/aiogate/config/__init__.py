@@ -8,7 +8,7 @@ from ._discovery import DiscoveryConfig, EtcdDiscoveryConfig
 from ._route import JsonBodyTransform, PathRewrite, RequestTransform, ResponseTransform
 from ._upstream import FallbackResponseConfig, PassiveHealthConfig
 from .errors import ConfigError, ConfigIssue
-from .load import load_config
+from .load import load_config, loaded_source
 from .model import (
     AdminConfig,
     ApiKeyConfig,
@@ -85,6 +85,7 @@ __all__ = [
     "UpstreamConfig",
     "UpstreamTlsConfig",
     "load_config",
+    "loaded_source",
     "parse_duration",
     "parse_size",
     "redacted",
