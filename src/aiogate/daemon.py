@@ -17,7 +17,7 @@ from aiohttp import web
 
 from . import log, sdnotify
 from .admin import ReloadOutcome, make_admin_app
-from .config import GatewayConfig
+from .config import GatewayConfig, loaded_source
 from .discovery import Discovery
 from .metrics import config_loaded
 from .reload import Reloader, configure_logging
@@ -65,7 +65,11 @@ class Daemon:
         self._discovery = Discovery()
         # `reload.watch`: the process owning the config watches it; a worker never does.
         self._watcher = (
-            None if worker else ConfigWatcher(config_path, self.reload, lambda: self.config.reload)
+            None
+            if worker
+            else ConfigWatcher(
+                config_path, self.reload, lambda: self.config.reload, baseline=self._source
+            )
         )
 
     # -- AdminController -------------------------------------------------------------------
@@ -111,6 +115,12 @@ class Daemon:
             await self._watcher.sync()
         return outcome
 
+    def _source(self) -> bytes | None:
+        """The bytes the running config was read from (the watcher's baseline)."""
+        if self._reloader is None:
+            return loaded_source(self._initial)
+        return self._reloader.source
+
     # -- lifecycle -------------------------------------------------------------------------
     def request_stop(self) -> None:
         self._stop.set()
@@ -124,11 +134,14 @@ class Daemon:
         await self._discovery.start(config)
         runtime = Runtime(self._discovery.apply(config))
         await runtime.start()
+        source = loaded_source(config)
         if not self._worker:
-            config_loaded(self._path.read_bytes())
+            # The bytes that were loaded; the file may have been saved again since.
+            config_loaded(source if source is not None else self._path.read_bytes())
         holder = self._holder = RuntimeHolder(runtime)
         self._reloader = Reloader(self._path, holder, count_reloads=not self._worker)
         self._reloader.base = config
+        self._reloader.source = source
         self._reloader.overlay = self._discovery
         self._discovery.attach(self._reloader)
         gateway = GatewayServer(holder)

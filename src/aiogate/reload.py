@@ -14,7 +14,7 @@ from typing import Protocol
 
 from . import log
 from .admin import ReloadOutcome
-from .config import ConfigError, GatewayConfig, load_config
+from .config import ConfigError, GatewayConfig, load_config, loaded_source
 from .config.diff import diff_summary
 from .metrics import CONFIG_RELOADS, config_loaded
 from .runtime import Runtime, RuntimeHolder
@@ -80,6 +80,8 @@ class Reloader:
         self._draining = TaskSet()
         #: The running config as read from the file, before any overlay.
         self.base: GatewayConfig = holder.current.config
+        #: The file bytes the running config was loaded from; None after a `raw` reload.
+        self.source: bytes | None = None
         self.overlay: ConfigOverlay | None = None
 
     @property
@@ -111,6 +113,7 @@ class Reloader:
         # Before any await: a cancellation from here on must not leave `old` unretired.
         self._retire_later(old)
         self.base = loaded
+        self.source = loaded_source(loaded)
         if self.overlay is not None:
             self.overlay.applied(loaded)
         configure_logging(config)
@@ -118,9 +121,10 @@ class Reloader:
             CONFIG_RELOADS.labels("applied").inc()
             # A file that vanished after it was loaded keeps the old hash.
             with contextlib.suppress(OSError):
-                config_loaded(
-                    raw if raw is not None else await asyncio.to_thread(self._path.read_bytes)
-                )
+                text = raw if raw is not None else self.source
+                if text is None:  # pragma: no cover - load_config remembers every file read
+                    text = await asyncio.to_thread(self._path.read_bytes)
+                config_loaded(text)
         pending = restart_only_changes(old.config, config)
         log.get_logger("aiogate.reload").info(
             log.CONFIG_RELOADED,
