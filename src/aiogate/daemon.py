@@ -17,7 +17,7 @@ from aiohttp import web
 
 from . import log, sdnotify
 from .admin import ReloadOutcome, make_admin_app
-from .config import ConfigError, GatewayConfig, SourceValue, load_config
+from .config import ConfigError, GatewayConfig, SourceValue, load_config, loaded_source
 from .configsource import EtcdConfigWatcher
 from .discovery import Discovery
 from .metrics import config_loaded
@@ -68,7 +68,11 @@ class Daemon:
         self._source: EtcdConfigWatcher | None = None
         # `reload.watch`: the process owning the config watches it; a worker never does.
         self._watcher = (
-            None if worker else ConfigWatcher(config_path, self.reload, lambda: self.config.reload)
+            None
+            if worker
+            else ConfigWatcher(
+                config_path, self.reload, lambda: self.config.reload, baseline=self._loaded_file
+            )
         )
 
     # -- AdminController -------------------------------------------------------------------
@@ -115,6 +119,12 @@ class Daemon:
             await self._watcher.sync()
         return outcome
 
+    def _loaded_file(self) -> bytes | None:
+        """The bytes the running config was read from (the watcher's baseline)."""
+        if self._reloader is None:
+            return loaded_source(self._initial)
+        return self._reloader.loaded_file
+
     # -- lifecycle -------------------------------------------------------------------------
     def request_stop(self) -> None:
         self._stop.set()
@@ -123,7 +133,8 @@ class Daemon:
         config = self._initial
         configure_logging(config)
         logger = log.get_logger("aiogate.daemon")
-        file_text = self._path.read_bytes()
+        # The bytes the config was loaded from: the file may have been saved again since.
+        file_text = loaded_source(config) or self._path.read_bytes()
         config, source_value = await self._start_source(config, file_text)
         # The first read from etcd (bounded by its timeout) comes before the first Runtime, so a
         # gateway whose etcd is up starts ready with the registered backends.
@@ -195,6 +206,7 @@ class Daemon:
         reloader = Reloader(self._path, holder, count_reloads=not self._worker)
         reloader.base = config
         reloader.file_text = file_text
+        reloader.loaded_file = file_text
         reloader.source_value = source_value
         reloader.overlay = self._discovery
         self._discovery.attach(reloader)

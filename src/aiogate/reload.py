@@ -80,6 +80,9 @@ class Reloader:
         self._draining = TaskSet()
         #: The running config as read from the file, before any overlay.
         self.base: GatewayConfig = holder.current.config
+        #: The file bytes the running config was loaded from (the file watcher's baseline);
+        #: None after a config pushed through the admin API, which the file does not hold.
+        self.loaded_file: bytes | None = None
         self.overlay: ConfigOverlay | None = None
         #: The bytes `base` was read from (file or PUT /admin/config): a config source's change
         #: is merged over them, not over whatever the file holds by then.
@@ -98,7 +101,10 @@ class Reloader:
             if self._closed:
                 return self._shutting_down()
             text = raw if raw is not None else await asyncio.to_thread(self._read_file)
-            return await self._reload(text, self.source_value, origin="file")
+            outcome = await self._reload(text, self.source_value, origin="file")
+            if outcome.applied:
+                self.loaded_file = text if raw is None else None
+            return outcome
 
     async def apply_source(self, value: SourceValue | None) -> ReloadOutcome:
         """The config source changed (`None`: its key was deleted): merge it over the running

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from . import log, sdnotify
 from .admin import ReloadOutcome, make_admin_app
-from .config import ConfigError, ConfigIssue, GatewayConfig, load_config
+from .config import ConfigError, ConfigIssue, GatewayConfig, load_config, loaded_source
 from .metrics import CONFIG_RELOADS, config_loaded
 from .reload import configure_logging
 from .tasks import TaskSet
@@ -70,8 +70,16 @@ class Supervisor:
         # serve a config its siblings do not.
         self._accepted = self._dir / "accepted.yaml"
         self._accepted_text = b""
+        #: Whether `_accepted_text` is the file's (not a PUT /admin/config body): the watcher's
+        #: baseline then.
+        self._accepted_file = False
         # `reload.watch`: the parent watches and reloads; its workers follow by SIGHUP.
-        self._watcher = ConfigWatcher(config_path, self.reload, lambda: self._config.reload)
+        self._watcher = ConfigWatcher(
+            config_path,
+            self.reload,
+            lambda: self._config.reload,
+            baseline=lambda: self._accepted_text if self._accepted_file else None,
+        )
         #: systemd's watchdog timeout (WatchdogSec), passed on to the workers; None: off.
         self._watchdog_timeout = watchdog_timeout()
         #: When each worker (by pid) last pinged its watchdog. A worker is watched from its
@@ -150,6 +158,7 @@ class Supervisor:
         self._generation += 1
         CONFIG_RELOADS.labels("applied").inc()
         self._accepted_text = text
+        self._accepted_file = raw is None
         config_loaded(text)
         configure_logging(config)
         return ReloadOutcome(True, self._generation)
@@ -203,6 +212,13 @@ class Supervisor:
             raise ConfigError([ConfigIssue(str(self._path), 1, 1, message)])
         return config, before
 
+    def _accept_loaded(self) -> None:
+        """Accept the bytes the CLI loaded: the file may have been saved again since, and the
+        watcher and the workers' copy must start from what this process validated."""
+        source = loaded_source(self._config)
+        self._accepted_file = True
+        self._accept(source if source is not None else self._path.read_bytes())
+
     def _accept(self, text: bytes) -> None:
         config_loaded(text)
         self._accepted_text = text
@@ -242,7 +258,7 @@ class Supervisor:
         # Fail fast, with the CLI's clear "cannot start" line, when the proxy port is taken:
         # otherwise every worker would die on bind and be restarted forever.
         _check_bindable(self._config.server.host, self._config.server.port)
-        self._accept(self._path.read_bytes())
+        self._accept_loaded()
         notify_path = str(self._dir / "notify.sock")
         notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify_sock.bind(notify_path)

@@ -12,6 +12,10 @@ filtered to the config's path; for a symlinked config (a Kubernetes ConfigMap sw
 link) any change in its folder counts. Every candidate is then settled by the file's bytes:
 a save that leaves the bytes as they were reloads nothing.
 
+The first comparison is against the bytes the running config was loaded from (`baseline`), not
+against the file as the watcher finds it when it starts: a save made between loading and
+watching would otherwise become the baseline and never be applied.
+
 Two tasks, both owned here: one pumps filesystem events into an `asyncio.Event`, the other
 waits for the file to be quiet for `debounce`, compares bytes, and reloads. A folder that
 disappears (or is replaced) is waited for and watched again; the daemon keeps serving.
@@ -73,13 +77,17 @@ class ConfigWatcher:
         *,
         source: ChangeSource = watch_folders,
         retry: float = _RETRY,
+        baseline: Callable[[], bytes | None] = lambda: None,
     ) -> None:
+        """`baseline()`: the bytes the running config was loaded from, or None when it did
+        not come from the file (then the file as found at start is the baseline)."""
         # Absolute but not resolved: a symlinked config must stay the link, not its target.
         self._path = path.absolute()
         self._reload = reload
         self._settings = settings
         self._source = source
         self._retry = retry
+        self._baseline = baseline
         self._task = BackgroundTask("config-watch")
         self._stop = asyncio.Event()
         self._closed = False
@@ -121,10 +129,13 @@ class ConfigWatcher:
             debounce=self._settings().debounce,
             pid=os.getpid(),
         )
-        last = await asyncio.to_thread(_read, self._path)
+        loaded = self._baseline()
+        last = loaded if loaded is not None else await asyncio.to_thread(_read, self._path)
         dirty = asyncio.Event()
         pump = BackgroundTask("config-watch-events")
         pump.start(self._pump(dirty, stop))
+        if loaded is not None:
+            dirty.set()  # saved after loading, before watching: no event will tell
         try:
             while True:
                 await dirty.wait()

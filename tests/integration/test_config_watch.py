@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
+import socket
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from backend import BackendThread
@@ -164,3 +168,61 @@ def test_with_workers_the_parent_watches_and_reloads_every_worker(
     text = metrics_text(gw)
     assert dict(metric_values(text, "aiogate_config_reloads_total")) == {'result="applied"': 1.0}
     assert len(gw.events("config_watch_started")) == 1
+
+
+class SilentEtcd:
+    """A TCP listener that accepts and never answers: the daemon's start, which waits up to
+    the discovery `timeout` for a first read from etcd, is held there. It runs `on_connect`
+    once, at the first connection; the config has been loaded by then, the watcher not started.
+    """
+
+    def __init__(self, on_connect: Callable[[], None]) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._on_connect = on_connect
+        self._held: list[socket.socket] = []
+        self.connected = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):  # closed by the test
+            while True:
+                conn, _ = self._listener.accept()
+                self._held.append(conn)
+                if not self.connected.is_set():
+                    self._on_connect()
+                    self.connected.set()
+
+    def close(self) -> None:
+        self._listener.close()
+        for conn in self._held:
+            conn.close()
+
+
+def test_a_save_between_loading_and_watching_is_applied(
+    backends: BackendThread, tmp_path: Path
+) -> None:
+    # Regression: the watcher took the file as it found it at start as its baseline, so a
+    # save made while the daemon was starting (after it had read the file) was never applied.
+    holder: list[Gateway] = []
+
+    def save_while_starting() -> None:
+        gw = holder[0]
+        gw.write(routes_with(gw.config, NEW_ROUTE))
+
+    etcd = SilentEtcd(save_while_starting)
+    held = {"name": "held", "discovery": {"type": "etcd", "prefix": "/held/", "timeout": "5s",
+            "endpoints": [f"http://127.0.0.1:{etcd.port}"]}}  # fmt: skip
+    config = watching(backends)
+    config["upstreams"] = [*config["upstreams"], held]
+    gw = Gateway(config, tmp_path)
+    holder.append(gw)
+    try:
+        gw.start(timeout=30)
+        assert etcd.connected.is_set()  # the save happened before the daemon was ready
+        (event,) = gw.wait_event("config_reloaded", timeout=10)
+        assert event["changes"]["routes"]["added"] == ["fresh"]
+        assert http_status(f"{gw.url}/fresh") == 200
+    finally:
+        gw.stop()
+        etcd.close()

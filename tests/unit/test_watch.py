@@ -250,3 +250,40 @@ async def test_nothing_starts_after_close(config_file: Path) -> None:
     await w.close()
     await w.sync()  # e.g. a SIGHUP reload finishing while the daemon shuts down
     assert not w.running
+
+
+# -- the baseline is what the running config was loaded from ----------------------------------
+async def test_a_save_between_loading_and_watching_is_applied(config_file: Path) -> None:
+    owner = Owner(ReloadConfig(watch=True, debounce=0))
+    loaded = b"a: 1\n"  # what the fixture wrote, and the owner loaded
+    save(config_file, "a: 2\n")  # saved after the owner loaded, before the watcher started
+    source = FakeEvents()  # and no event ever tells of it
+    w = ConfigWatcher(
+        config_file, owner.reload, lambda: owner.settings, source=source, baseline=lambda: loaded
+    )
+    await w.sync()
+    await until(lambda: owner.reloads == 1)
+    await asyncio.sleep(0.2)
+    assert owner.reloads == 1
+    await w.close()
+
+
+async def test_an_unchanged_file_is_not_reloaded_at_start(config_file: Path) -> None:
+    for baseline in (b"a: 1\n", None):  # None: not from the file (PUT)
+        owner = Owner(ReloadConfig(watch=True, debounce=0))
+        source = FakeEvents()
+        w = ConfigWatcher(
+            config_file,
+            owner.reload,
+            lambda: owner.settings,  # noqa: B023 - awaited within the iteration
+            source=source,
+            baseline=lambda: baseline,  # noqa: B023
+        )
+        await w.sync()
+        await until(lambda: source.started == 1)  # noqa: B023
+        await asyncio.sleep(0.2)
+        assert owner.reloads == 0
+        save(config_file, f"b: {baseline is None}\n")  # a later save still counts
+        source.emit(config_file)
+        await until(lambda: owner.reloads == 1)  # noqa: B023
+        await w.close()

@@ -20,6 +20,7 @@ from jwt import PyJWK
 from jwt.exceptions import PyJWTError
 
 from .. import log
+from ..config.redact import redact_url  # a URL may carry credentials
 
 __all__ = ["Fetch", "JwksKeySet", "family_of_algorithm"]
 
@@ -116,15 +117,17 @@ class JwksKeySet:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the endpoint is down or broken: serve the keys we have
+            shown = redact_url(self.url)
             logger.warning(
-                log.JWKS_REFRESH_FAILED, url=self.url, error=str(exc) or type(exc).__name__,
+                log.JWKS_REFRESH_FAILED, url=shown,
+                error=(str(exc) or type(exc).__name__).replace(self.url, shown),
                 keys=len(self._by_kid) + len(self._without_kid),
             )  # fmt: skip
             return False
         changed = set(by_kid) != set(self._by_kid)
         self._by_kid, self._without_kid = by_kid, without_kid
         if changed:
-            logger.info(log.JWKS_REFRESHED, url=self.url, kids=sorted(by_kid))
+            logger.info(log.JWKS_REFRESHED, url=redact_url(self.url), kids=sorted(by_kid))
         return True
 
     async def run(self) -> None:

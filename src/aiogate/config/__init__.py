@@ -9,7 +9,7 @@ from ._route import JsonBodyTransform, PathRewrite, RequestTransform, ResponseTr
 from ._source import ConfigSourceConfig, EtcdConfigSource
 from ._upstream import FallbackResponseConfig, PassiveHealthConfig
 from .errors import ConfigError, ConfigIssue
-from .load import SourceValue, load_config
+from .load import SourceValue, load_config, loaded_source
 from .model import (
     AdminConfig,
     ApiKeyConfig,
@@ -90,6 +90,7 @@ __all__ = [
     "UpstreamConfig",
     "UpstreamTlsConfig",
     "load_config",
+    "loaded_source",
     "parse_duration",
     "parse_size",
     "redacted",

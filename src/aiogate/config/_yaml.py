@@ -2,12 +2,15 @@
 
 ruamel's round-trip loader keeps line/column marks on mappings and sequences; they are copied
 into flat lookup tables keyed by the config path, so error reporting never needs ruamel types
-and validation never sees them. ``${env:NAME}`` references are resolved on the way.
+and validation never sees them. ``${env:NAME}``, ``${file:PATH}`` and ``${cred:NAME}``
+references are resolved on the way; what a file held is remembered per path so that no error
+message can quote it.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,9 +25,12 @@ from .errors import ConfigError, ConfigIssue
 
 __all__ = ["Document", "Position", "read_document"]
 
-# Only `${env:...}` is ours; any other `${...}` (e.g. the roadmap's "${latency}") stays verbatim.
-_ENV_REF = re.compile(r"\$\{env:([^}]*)\}")
+# Only `${env:...}`, `${file:...}` and `${cred:...}` are ours; any other `${...}` (e.g. the
+# roadmap's "${latency}", a request template) stays verbatim.
+_REF = re.compile(r"\$\{(env|file|cred):([^}]*)\}")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: A secret file larger than this is a mistake (a key ring, a log), not a secret.
+MAX_SECRET_FILE = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +48,12 @@ class Document:
     values: dict[Path, Position] = field(default_factory=dict)
     # Problems found while reading values (unset env vars, unsupported tags).
     issues: list[PathIssue] = field(default_factory=list)
+    # What `${file:}`/`${cred:}` references put into each value: never shown in an error.
+    secrets: dict[Path, list[str]] = field(default_factory=dict)
+    # The bytes the document was parsed from.
+    raw: bytes = b""
+    # Where relative `${file:}` paths start: the config file's folder.
+    folder: str = "."
 
 
 def read_document(file: str, env: Mapping[str, str], raw: bytes | None = None) -> Document:
@@ -67,7 +79,7 @@ def read_document(file: str, env: Mapping[str, str], raw: bytes | None = None) -
         raise ConfigError([_yaml_issue(file, exc)]) from exc
     except YAMLError as exc:  # pragma: no cover - every ruamel parse error carries a mark
         raise ConfigError([ConfigIssue(file, 1, 1, f"invalid YAML: {exc}")]) from exc
-    doc = Document(data=None)
+    doc = Document(data=None, raw=raw, folder=os.path.dirname(os.path.abspath(file)))
     start = Position(1, 1)
     if isinstance(root, CommentedMap | CommentedSeq):
         start = Position(root.lc.line + 1, root.lc.col + 1)
@@ -129,24 +141,82 @@ def _convert(node: Any, path: Path, doc: Document, env: Mapping[str, str]) -> An
 
 
 def _substitute(text: str, path: Path, doc: Document, env: Mapping[str, str]) -> str:
-    if "${env:" not in text:
+    if "${" not in text:
         return text
 
     def replace(match: re.Match[str]) -> str:
-        name, has_default, default = match[1].partition(":-")
-        if not _ENV_NAME.fullmatch(name):
-            doc.issues.append((path, f"malformed environment reference '{match[0]}'"))
+        kind, ref = match[1], match[2]
+        if kind == "env":
+            return _env_value(match[0], ref, path, doc, env)
+        found = _secret_value(kind, ref, doc, env)
+        if isinstance(found, _Failure):
+            doc.issues.append((path, found.message))
             return match[0]
-        value = env.get(name)
-        if value is not None:
-            return value
-        if has_default:
-            return default
-        hint = f"set it, or give a default: ${{env:{name}:-default}}"
-        doc.issues.append((path, f"environment variable {name} is not set ({hint})"))
-        return match[0]
+        if found:
+            doc.secrets.setdefault(path, []).append(found)
+        return found
 
-    result = _ENV_REF.sub(replace, text)
-    if text.count("${env:") > len(_ENV_REF.findall(text)):
-        doc.issues.append((path, "unterminated '${env:' reference (missing '}')"))
+    result = _REF.sub(replace, text)
+    for kind in ("env", "file", "cred"):
+        opener = f"${{{kind}:"
+        if text.count(opener) > sum(1 for m in _REF.finditer(text) if m[1] == kind):
+            doc.issues.append((path, f"unterminated '{opener}' reference (missing '}}')"))
     return result
+
+
+def _env_value(whole: str, ref: str, path: Path, doc: Document, env: Mapping[str, str]) -> str:
+    name, has_default, default = ref.partition(":-")
+    if not _ENV_NAME.fullmatch(name):
+        doc.issues.append((path, f"malformed environment reference '{whole}'"))
+        return whole
+    value = env.get(name)
+    if value is not None:
+        return value
+    if has_default:
+        return default
+    hint = f"set it, or give a default: ${{env:{name}:-default}}"
+    doc.issues.append((path, f"environment variable {name} is not set ({hint})"))
+    return whole
+
+
+@dataclass(frozen=True, slots=True)
+class _Failure:
+    message: str
+
+
+def _secret_value(kind: str, ref: str, doc: Document, env: Mapping[str, str]) -> str | _Failure:
+    """The content of the file a `${file:PATH}` or `${cred:NAME}` reference names."""
+    if kind == "cred":
+        if not ref or "/" in ref or ref in (".", ".."):
+            return _Failure(f"invalid credential name '{ref}' (a file name, without '/')")
+        folder = env.get("CREDENTIALS_DIRECTORY")
+        if not folder:
+            return _Failure(
+                f"credential '{ref}' needs CREDENTIALS_DIRECTORY, which is not set (systemd "
+                "sets it for a unit with LoadCredential= or SetCredential=)"
+            )
+        return _read_secret(os.path.join(folder, ref), f"credential '{ref}'")
+    if not ref:
+        return _Failure("empty file reference '${file:}' (give a path)")
+    return _read_secret(os.path.join(doc.folder, ref), f"file '{ref}'")
+
+
+def _read_secret(file: str, what: str) -> str | _Failure:
+    """The file's text minus one trailing newline. Errors name the file, never its content."""
+    try:
+        with open(file, "rb") as stream:
+            data = stream.read(MAX_SECRET_FILE + 1)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        return _Failure(f"cannot read {what} ({file}): {reason}")
+    if len(data) > MAX_SECRET_FILE:
+        return _Failure(f"{what} ({file}) is larger than {MAX_SECRET_FILE // 1024} KiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return _Failure(f"{what} ({file}) is not valid UTF-8")
+    # Editors and `echo` end files with a newline that is no part of the secret; only one is
+    # dropped, so a value that really ends in a newline can still be written with two.
+    if text.endswith("\r\n"):
+        return text[:-2]
+    return text.removesuffix("\n")

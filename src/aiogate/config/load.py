@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,13 +24,13 @@ from ._yaml import Document, Position, read_document
 from .errors import ConfigError, ConfigIssue
 from .model import SKIP_REFERENCE_CHECKS, GatewayConfig
 
-__all__ = ["SourceValue", "load_config"]
+__all__ = ["SourceValue", "load_config", "loaded_source"]
 
 _CONTEXT = {SKIP_REFERENCE_CHECKS: True}
 # Keys the YAML may spell differently from the model's field name.
 _SPELLINGS = {"upstream": "upstreams", "types": "type"}
 # References that would read the gateway host's environment or files: never from a source.
-_HOST_REF = re.compile(r"\$\{(?:env|file):")
+_HOST_REF = re.compile(r"\$\{(?:env|file|cred):")
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,22 @@ class SourceValue:
 
     name: str  # e.g. "etcd:/aiogate/config"
     raw: bytes
+
+
+# The exact bytes each live config read from its file was parsed from (by id; an entry goes
+# with its config). Re-reading the file later would race with a save made in between.
+_SOURCES: dict[int, bytes] = {}
+
+
+def loaded_source(config: GatewayConfig) -> bytes | None:
+    """The file bytes `config` was loaded from; None if it came from `raw` or elsewhere."""
+    return _SOURCES.get(id(config))
+
+
+def _remember_source(config: GatewayConfig, raw: bytes) -> None:
+    key = id(config)
+    _SOURCES[key] = raw
+    weakref.finalize(config, _SOURCES.pop, key, None)
 
 
 def load_config(
@@ -90,6 +107,8 @@ def load_config(
         # The file's issues first, then the source's, each in document order.
         raise ConfigError(sorted(issues, key=lambda i: (i.file != file, i.line, i.col, i.message)))
     assert config is not None  # no issues means validation succeeded
+    if raw is None:
+        _remember_source(config, doc.raw)
     return config
 
 
@@ -285,9 +304,21 @@ def _resolve(data: Any, loc: tuple[str | int, ...]) -> tuple[Path, bool]:
 
 
 def _issue(file: str, doc: Document, path: Path, message: str, at_key: bool) -> ConfigIssue:
+    message = _without_secrets(doc, path, message)
     text = f"{format_path(path)}: {message}" if path else message
     position = _position(doc, path, at_key)
     return ConfigIssue(file, position.line, position.col, text)
+
+
+def _without_secrets(doc: Document, path: Path, message: str) -> str:
+    """The message with what a `${file:}`/`${cred:}` reference read hidden: a validator may
+    quote the value it rejects, and `check` output ends up in terminals and CI logs."""
+    for where, contents in doc.secrets.items():
+        # The value itself, or a mapping/list holding it (its message may show the whole).
+        if where[: len(path)] == path or path[: len(where)] == where:
+            for content in sorted(contents, key=len, reverse=True):
+                message = message.replace(content, "***")
+    return message
 
 
 def _position(doc: Document, path: Path, at_key: bool) -> Position:
