@@ -73,7 +73,7 @@ bench: venv
 WHEEL_DIR ?= dist
 wheel-check: venv
 	rm -rf $(WHEEL_DIR) && $(PY) -m build --outdir $(WHEEL_DIR) . >/dev/null
-	set -euo pipefail; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	set -euo pipefail; unset PYTHONPATH; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
 	$(PYTHON) -m venv "$$tmp/venv"; \
 	"$$tmp/venv/bin/pip" install --quiet -c constraints.txt $(WHEEL_DIR)/*.whl; \
 	"$$tmp/venv/bin/aiogate" --version; \
