@@ -11,6 +11,7 @@ import asyncio
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -25,6 +26,7 @@ from .reload import Reloader, configure_logging
 from .runtime import Runtime, RuntimeHolder
 from .server import GatewayServer
 from .tasks import TaskSet
+from .tls import TlsListener
 from .watch import ConfigWatcher
 from .watchdog import PING, Watchdog, watchdog_timeout, worker_ping
 
@@ -150,13 +152,14 @@ class Daemon:
         loop = asyncio.get_running_loop()
         listen = config.server
         proxy_socket = bind_socket(listen.host, listen.port, reuse_port=listen.workers > 1)
-        proxy = await loop.create_server(low_level, sock=proxy_socket)
+        proxy = await loop.create_server(self._protocols(low_level, config), sock=proxy_socket)
         admin_runner = None if self._worker else await self._start_admin(holder, config)
         self._install_signals(loop)
         self._ready = True
         logger.info(
             log.STARTED,
             listen=listen.listen,
+            tls=listen.tls is not None,
             admin=None if self._worker else config.admin.listen,
             pid=os.getpid(),
             worker=self._worker,
@@ -193,6 +196,24 @@ class Daemon:
         logger.info(log.SHUTDOWN_COMPLETE)
         log.flush()
         return 0
+
+    def _protocols(
+        self, low_level: web.Server, config: GatewayConfig
+    ) -> Callable[[], asyncio.BaseProtocol]:
+        """The proxy listener's protocol factory: aiohttp's, inside TLS with `server.tls`.
+
+        Every process serving the port (each worker too) does its own TLS; the Reloader
+        re-reads the certificate on every reload.
+        """
+        tls_config = config.server.tls
+        if tls_config is None:
+            return low_level
+        assert self._reloader is not None
+        # The handshake is bounded like a request head: a client that never finishes it is
+        # closed after `server.header_timeout`.
+        tls = TlsListener(tls_config, low_level, handshake_timeout=config.server.header_timeout)
+        self._reloader.tls = tls
+        return tls.protocol
 
     def _make_reloader(
         self,

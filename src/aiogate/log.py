@@ -56,6 +56,7 @@ __all__ = [
     "SHUTDOWN_COMPLETE",
     "SHUTDOWN_STARTED",
     "STARTED",
+    "TLS_HANDSHAKE_FAILED",
     "WORKER_EXITED",
     "WORKER_HUNG",
     "WORKER_STARTED",
@@ -99,6 +100,7 @@ DISCOVERY_APPLIED: Final = "discovery_applied"
 DISCOVERY_APPLY_FAILED: Final = "discovery_apply_failed"
 HEALTH_CHECK_OUTPUT: Final = "health_check_output"
 AUTH_FAILED: Final = "auth_failed"
+TLS_HANDSHAKE_FAILED: Final = "tls_handshake_failed"
 JWKS_REFRESHED: Final = "jwks_refreshed"
 JWKS_REFRESH_FAILED: Final = "jwks_refresh_failed"
 AUTH_STORE_UNAVAILABLE: Final = "auth_store_unavailable"

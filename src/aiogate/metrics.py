@@ -28,6 +28,7 @@ __all__ = [
     "AUTH_FAILURES",
     "BACKEND_HEALTHY",
     "BUILD_INFO",
+    "TLS_HANDSHAKE_FAILURES",
     "CIRCUIT_STATE",
     "CIRCUIT_TRANSITIONS",
     "CONFIG_HASH",
@@ -130,6 +131,11 @@ IP_REJECTIONS: Final = Counter(
     "aiogate_ip_rejections_total",
     "Requests rejected with 403 by an IP allow/deny rule, by route.",
     ["route"],
+)
+TLS_HANDSHAKE_FAILURES: Final = Counter(
+    "aiogate_tls_handshake_failures_total",
+    "TLS handshakes on the proxy listener that did not complete, by reason.",
+    ["reason"],
 )
 AUTH_FAILURES: Final = Counter(
     "aiogate_auth_failures_total",

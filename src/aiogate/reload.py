@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import ssl
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +20,7 @@ from .config.diff import diff_summary
 from .metrics import CONFIG_RELOADS, config_loaded
 from .runtime import Runtime, RuntimeHolder
 from .tasks import TaskSet
+from .tls import TlsListener
 
 __all__ = ["ConfigOverlay", "Reloader", "configure_logging", "restart_only_changes"]
 
@@ -60,6 +62,9 @@ def restart_only_changes(old: GatewayConfig, new: GatewayConfig) -> list[str]:
         keys.append("server.idle_timeout")
     if old.admin.listen != new.admin.listen:
         keys.append("admin.listen")
+    if (old.server.tls is None) != (new.server.tls is None):
+        # Certificates, keys and client CA rotate on reload; TLS on or off is the socket's.
+        keys.append("server.tls")
     return keys
 
 
@@ -89,6 +94,8 @@ class Reloader:
         self.file_text: bytes | None = None
         #: The last value of the config source (etcd) that went live; every reload merges it.
         self.source_value: SourceValue | None = None
+        #: The TLS listener whose certificate a reload re-reads (None: plain HTTP).
+        self.tls: TlsListener | None = None
 
     @property
     def closed(self) -> bool:
@@ -135,10 +142,16 @@ class Reloader:
             return self._rejected(old, errors, origin)
         if self.overlay is not None:
             config = self.overlay.apply(loaded)
+        context = await self._stage_tls(config)
+        if isinstance(context, str):
+            return self._rejected(old, (context,), origin)
         new = await self._start_runtime(old, config)
         if isinstance(new, str):
             return self._rejected(old, (new,), origin)
         self._holder.current = new
+        if context is not None:
+            assert self.tls is not None
+            self.tls.apply(context, config.server.header_timeout)
         # Before any await: a cancellation from here on must not leave `old` unretired.
         self._retire_later(old)
         self.base = loaded
@@ -166,6 +179,17 @@ class Reloader:
         if pending:
             logger.warning(log.CONFIG_RESTART_REQUIRED, keys=pending)
         return ReloadOutcome(True, new.generation)
+
+    async def _stage_tls(self, config: GatewayConfig) -> ssl.SSLContext | str | None:
+        """The listener's next context, read from the files now (a fresh one, so a bad PEM or a
+        key that does not match rejects the reload and the running one stays); None when the
+        listener is plain HTTP or the new config drops `server.tls` (a restart applies that)."""
+        if self.tls is None or config.server.tls is None:
+            return None
+        try:
+            return await asyncio.to_thread(self.tls.stage, config.server.tls)
+        except ValueError as exc:
+            return f"{self._path}: server.tls: {exc}"
 
     async def _start_runtime(self, old: Runtime, config: GatewayConfig) -> Runtime | str:
         """A started Runtime for `config`, or why there is none (`old` keeps running)."""

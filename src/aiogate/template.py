@@ -4,7 +4,8 @@ Pure (no aiohttp): the config models use `parse` to reject unknown variables wit
 and the transform stage compiles the parsed parts into getters once per Runtime.
 
 A `${...}` whose text starts with a lower-case letter or `_` is a gateway variable: one of
-`VARIABLES`, or `claims.NAME` / `header.NAME` / `query.NAME` (`NAMESPACES`). Anything else of
+`VARIABLES`, or `claims.NAME` / `header.NAME` / `query.NAME` / `tls.client_subject`
+(`NAMESPACES`). Anything else of
 that form is an error, never literal text; other `${...}` text (e.g. `${HOME}`) is kept
 verbatim, as the config loader already resolved every `${env:NAME}` before we see the value.
 """
@@ -15,7 +16,16 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
-__all__ = ["NAMESPACES", "REQUEST_VARIABLES", "VARIABLES", "Part", "TemplateError", "Var", "parse"]
+__all__ = [
+    "NAMESPACES",
+    "REQUEST_VARIABLES",
+    "TLS_FIELDS",
+    "VARIABLES",
+    "Part",
+    "TemplateError",
+    "Var",
+    "parse",
+]
 
 #: Every plain variable a header value may use.
 VARIABLES: Final = frozenset(
@@ -23,8 +33,11 @@ VARIABLES: Final = frozenset(
 )
 #: The backend is chosen by the proxy, after the request headers are built.
 REQUEST_VARIABLES: Final = VARIABLES - {"backend"}
-#: `${NAMESPACE.NAME}`: a JWT claim, or the client's request header or query parameter.
-NAMESPACES: Final = frozenset({"claims", "header", "query"})
+#: `${NAMESPACE.NAME}`: a JWT claim, the client's request header or query parameter, or a
+#: fact about the client's TLS connection (`TLS_FIELDS`).
+NAMESPACES: Final = frozenset({"claims", "header", "query", "tls"})
+#: `${tls.NAME}`: the verified client certificate's subject (RFC 4514), "" without one.
+TLS_FIELDS: Final = frozenset({"client_subject"})
 
 # RFC 9110 token: what a header name may be.
 _TOKEN: Final = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
@@ -76,6 +89,9 @@ def _variable(body: str, allowed: frozenset[str]) -> Var:
             raise TemplateError(f"${{{namespace}.NAME}} needs a name without spaces: ${{{body}}}")
         if namespace == "header" and not _TOKEN.fullmatch(key):
             raise TemplateError(f"${{{body}}}: '{key}' is not a valid header name")
+        if namespace == "tls" and key not in TLS_FIELDS:
+            known = ", ".join(f"${{tls.{name}}}" for name in sorted(TLS_FIELDS))
+            raise TemplateError(f"unknown variable ${{{body}}} (known: {known})")
         return Var(namespace, key)
     if body not in allowed:
         if body in VARIABLES:
@@ -86,5 +102,6 @@ def _variable(body: str, allowed: frozenset[str]) -> Var:
 
 def _known() -> str:
     names = [f"${{{v}}}" for v in sorted(VARIABLES)]
-    names += [f"${{{ns}.NAME}}" for ns in sorted(NAMESPACES)]
+    names += [f"${{{ns}.NAME}}" for ns in sorted(NAMESPACES - {"tls"})]
+    names += [f"${{tls.{name}}}" for name in sorted(TLS_FIELDS)]
     return "known: " + ", ".join(names)

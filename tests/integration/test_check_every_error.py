@@ -52,7 +52,8 @@ def test_check_reports_schema_and_reference_errors_in_one_run(tmp_path: Path) ->
         f"{path}:7:15: routes[0].upstream: unknown upstream 'nowhere' (known: users)",
         f"{path}:13:54: routes[1].transformations.request.add_headers.X-Bad: unknown variable"
         " ${claims} (known: ${backend}, ${client_ip}, ${consumer}, ${latency}, ${request_id},"
-        " ${route}, ${upstream}, ${claims.NAME}, ${header.NAME}, ${query.NAME})",
+        " ${route}, ${upstream}, ${claims.NAME}, ${header.NAME}, ${query.NAME},"
+        " ${tls.client_subject})",
         f"{path}:14:11: routes[2].path: duplicate route: /b (every method) on host b.test is"
         " already served by routes[1]",
         f"{path}:21:18: routes[4].auth.type: type 'jwt' needs 'auth.jwt' to be configured",

@@ -18,9 +18,10 @@ Status = Literal[400, 401, 403, 503]
 class Consumer:
     """An authenticated caller; immutable, so one instance is shared by every cached hit."""
 
-    #: JWT subject or the API key's consumer; None for a token without a subject.
+    #: JWT subject, the API key's consumer or the client certificate's subject (RFC 4514);
+    #: None for a token without a subject.
     name: str | None
-    method: Literal["jwt", "api_key"]
+    method: Literal["jwt", "api_key", "mtls"]
     tier: str | None = None
     #: The verified JWT payload (empty for API keys).
     claims: Mapping[str, Any] = field(default_factory=lambda: _NO_CLAIMS)

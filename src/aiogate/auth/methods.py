@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar, Final, Protocol
 from urllib.parse import unquote_plus
 
+from ..tls import client_subject
 from ._types import AuthFailure, Consumer
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from .apikey import ApiKeyVerifier
     from .jwt import JwtVerifier
 
-__all__ = ["DUPLICATE", "ApiKeyMethod", "AuthMethod", "JwtMethod"]
+__all__ = ["DUPLICATE", "ApiKeyMethod", "AuthMethod", "JwtMethod", "MtlsMethod"]
 
 DUPLICATE: Final = "duplicate_credentials"
 
@@ -112,6 +113,31 @@ class ApiKeyMethod:
 
     async def verify(self, credential: str) -> Consumer:
         return await self._verifier.verify(credential)
+
+
+class MtlsMethod:
+    """The client certificate the TLS listener verified; its subject is the consumer.
+
+    The credential is found on the connection, not in the request: the handshake has already
+    checked it against `server.tls.client_ca_file` (an untrusted or expired certificate never
+    gets this far), so `verify` only names the consumer. A request without a certificate on a
+    listener where presenting one is optional has no credential: 401.
+    """
+
+    name: ClassVar[str] = "mtls"
+
+    __slots__ = ("drop_headers", "strip_cookie", "strip_query")
+
+    def __init__(self) -> None:
+        self.drop_headers: frozenset[str] = frozenset()
+        self.strip_cookie: str | None = None
+        self.strip_query: frozenset[str] = frozenset()
+
+    def find(self, request: web.BaseRequest, query: str) -> str | None:
+        return client_subject(request.transport)
+
+    async def verify(self, credential: str) -> Consumer:
+        return Consumer(name=credential, method="mtls")
 
 
 def query_value(query: str, name: str) -> str | None:

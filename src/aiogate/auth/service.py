@@ -15,7 +15,7 @@ from ..tasks import BackgroundTask
 from .apikey import ApiKeyVerifier, RedisKeyStore
 from .jwks import JwksKeySet
 from .jwt import JwtVerifier
-from .methods import ApiKeyMethod, AuthMethod, JwtMethod
+from .methods import ApiKeyMethod, AuthMethod, JwtMethod, MtlsMethod
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -69,6 +69,9 @@ class AuthServices:
             self.methods[JwtMethod.name] = JwtMethod(jwt_config, self.jwt)
         if self.api_key is not None and key_config is not None:
             self.methods[ApiKeyMethod.name] = ApiKeyMethod(key_config, self.api_key)
+        # No section of its own: the config checks that routes using it have a listener that
+        # verifies client certificates (`server.tls.client_ca_file`).
+        self.methods[MtlsMethod.name] = MtlsMethod()
 
     async def start(self) -> None:
         if self.jwks is not None and not self._task.started:

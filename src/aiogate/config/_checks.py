@@ -44,14 +44,17 @@ class Sections:
     api_key: bool
     api_key_in_redis: bool
     redis: bool
+    #: The listener is TLS with a `client_ca_file`: client certificates can be verified.
+    mtls: bool = False
 
     @classmethod
-    def of(cls, auth: AuthConfig, *, redis: bool) -> Sections:
+    def of(cls, auth: AuthConfig, *, redis: bool, mtls: bool = False) -> Sections:
         return cls(
             jwt=auth.jwt is not None,
             api_key=auth.api_key is not None,
             api_key_in_redis=auth.api_key is not None and auth.api_key.store == "redis",
             redis=redis,
+            mtls=mtls,
         )
 
 
@@ -174,6 +177,14 @@ def _auth_references(
                 (
                     ("routes", index, "auth", "type"),
                     "type 'api_key' needs 'auth.api_key' to be configured",
+                )
+            )
+        if "mtls" in route.auth.types and not sections.mtls:
+            issues.append(
+                (
+                    ("routes", index, "auth", "type"),
+                    "type 'mtls' needs 'server.tls.client_ca_file' (a TLS listener that"
+                    " verifies client certificates)",
                 )
             )
     if sections.api_key_in_redis and not sections.redis:

@@ -51,9 +51,9 @@ _PARAM_SEGMENT = re.compile(r"\{(\*?)([^{}]*)\}")
 
 
 class RouteAuth(Model):
-    types: Annotated[tuple[Literal["jwt", "api_key"], ...], BeforeValidator(one_or_many)] = Field(
-        alias="type", min_length=1
-    )
+    types: Annotated[
+        tuple[Literal["jwt", "api_key", "mtls"], ...], BeforeValidator(one_or_many)
+    ] = Field(alias="type", min_length=1)
     required_claims: StrList = ()
     claims: Mapping[str, str | tuple[str, ...]] = Field(default_factory=dict)
 

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from ..tlscontext import client_context
 from ._base import HTTP_TOKEN, Model, ReadableFile, check_host, fail, string_list
 from ._discovery import DiscoveryConfig
 from .units import Duration
@@ -252,6 +253,21 @@ class UpstreamTlsConfig(Model):
     verify: bool = True
     ca_file: ReadableFile | None = None
     server_name: str | None = None
+    #: A client certificate (PEM) and its key, presented to backends that ask for one (mTLS).
+    client_cert_file: ReadableFile | None = None
+    client_key_file: ReadableFile | None = None
+
+    @model_validator(mode="after")
+    def _client_pair(self) -> UpstreamTlsConfig:
+        if (self.client_cert_file is None) != (self.client_key_file is None):
+            missing = "client_key_file" if self.client_key_file is None else "client_cert_file"
+            fail("client_cert_file and client_key_file go together", missing)
+        if self.client_cert_file is not None:
+            try:
+                client_context(cert_file=self.client_cert_file, key_file=self.client_key_file)
+            except ValueError as exc:
+                fail(str(exc), "client_cert_file")
+        return self
 
 
 Strategy = Literal[

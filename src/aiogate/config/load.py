@@ -189,7 +189,11 @@ def _references(data: dict[str, Any], config: GatewayConfig | None) -> list[Path
         return reference_issues(
             list(enumerate(config.upstreams)),
             list(enumerate(config.routes)),
-            Sections.of(config.auth, redis=config.redis is not None),
+            Sections.of(
+                config.auth,
+                redis=config.redis is not None,
+                mtls=config.server.tls is not None and config.server.tls.client_ca_file is not None,
+            ),
         )
     raw_upstreams = _items(data.get("upstreams"))
     names = [
@@ -206,6 +210,7 @@ def _references(data: dict[str, Any], config: GatewayConfig | None) -> list[Path
         api_key=api_key is not None,
         api_key_in_redis=isinstance(api_key, dict) and api_key.get("store") == "redis",
         redis=data.get("redis") is not None,
+        mtls=_raw_mtls(data),
     )
     routes, unknown, unmatched = _route_references(_items(data.get("routes")))
     issues = reference_issues(
@@ -216,6 +221,13 @@ def _references(data: dict[str, Any], config: GatewayConfig | None) -> list[Path
         unmatched=unmatched,
     )
     return [issue for issue in issues if issue[0][:3] not in unknown]
+
+
+def _raw_mtls(data: dict[str, Any]) -> bool:
+    """`server.tls.client_ca_file` is set (judged from the raw data, like the auth sections)."""
+    server = data.get("server")
+    tls = server.get("tls") if isinstance(server, dict) else None
+    return isinstance(tls, dict) and tls.get("client_ca_file") is not None
 
 
 # What the cross-section checks read of a route (path, methods, hosts and headers for

@@ -38,6 +38,7 @@ from ._route import (
     Transformations,
 )
 from ._source import ConfigSourceConfig
+from ._tls import ServerTlsConfig
 from ._upstream import (
     BackendConfig,
     CircuitBreakerConfig,
@@ -72,6 +73,7 @@ __all__ = [
     "RouteConfig",
     "RouteRateLimit",
     "ServerConfig",
+    "ServerTlsConfig",
     "TracingConfig",
     "Transformations",
     "UpstreamConfig",
@@ -116,6 +118,8 @@ class ServerConfig(Model):
     escaped_slashes: Literal["reject", "unescape"] = "reject"
     #: `;` in a request path: refused (400), or kept as an ordinary character.
     path_parameters: Literal["reject", "allow"] = "reject"
+    #: HTTPS on `listen` (absent: plain HTTP); the admin listener stays plain HTTP.
+    tls: ServerTlsConfig | None = None
 
     @property
     def path_flags(self) -> int:
@@ -219,7 +223,7 @@ class GatewayConfig(Model):
         issues = reference_issues(
             list(enumerate(self.upstreams)),
             list(enumerate(self.routes)),
-            Sections.of(self.auth, redis=self.redis is not None),
+            Sections.of(self.auth, redis=self.redis is not None, mtls=_mtls(self.server)),
         )
         if issues:
             fail("; ".join(f"{format_path(path)}: {message}" for path, message in issues))
@@ -228,3 +232,8 @@ class GatewayConfig(Model):
     def upstream_by_name(self, name: str) -> UpstreamConfig:
         """The upstream called ``name``; KeyError if there is none."""
         return self._upstreams_by_name[name]
+
+
+def _mtls(server: ServerConfig) -> bool:
+    """The listener verifies client certificates: `auth: {type: mtls}` can work."""
+    return server.tls is not None and server.tls.client_ca_file is not None

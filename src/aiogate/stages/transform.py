@@ -27,6 +27,7 @@ from ..context import RequestContext
 from ..errors import BadRequest, PayloadTooLarge
 from ..pathnorm import ALLOW_PATH_PARAMETERS, InvalidPath, normalize_path
 from ..template import REQUEST_VARIABLES, VARIABLES, Part, Var, parse
+from ..tls import client_subject
 from . import Next
 from .forwarding import answer_expectation
 from .wire import WireResponse
@@ -89,10 +90,20 @@ def _query(name: str) -> Getter:
     return get
 
 
+def _tls(name: str) -> Getter:
+    # The only field (`template.TLS_FIELDS`): the verified client certificate's subject.
+    def get(ctx: RequestContext) -> str:
+        subject = client_subject(ctx.request.transport)
+        return "" if subject is None else _safe(subject)
+
+    return get
+
+
 _NAMESPACED: Final[Mapping[str, Callable[[str], Getter]]] = {
     "claims": _claim,
     "header": _header,
     "query": _query,
+    "tls": _tls,
 }
 
 

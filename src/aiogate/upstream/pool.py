@@ -17,6 +17,7 @@ import time
 from collections.abc import Collection, Sequence
 
 from ..config import UpstreamConfig, UpstreamTlsConfig
+from ..tlscontext import client_context
 from .attempt import Attempt
 from .backend import Backend
 from .balance import Strategy, make_strategy
@@ -186,8 +187,9 @@ class UpstreamPool:
 
 def _ssl_context(tls: UpstreamTlsConfig) -> ssl.SSLContext:
     """One context per upstream: building it loads the trust store, so never per connection."""
-    context = ssl.create_default_context(cafile=tls.ca_file)
-    if not tls.verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    return client_context(
+        ca_file=tls.ca_file,
+        verify=tls.verify,
+        cert_file=tls.client_cert_file,
+        key_file=tls.client_key_file,
+    )

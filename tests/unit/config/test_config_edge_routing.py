@@ -88,7 +88,7 @@ routes:
           X-Sub: "${claims.sub}"
           X-Bad: "${claim.sub}"
       response:
-        add_headers: {X-Q: "${query.page}", X-T: "${tls.client_subject}"}
+        add_headers: {X-Q: "${query.page}", X-T: "${tls.cipher}"}
   - path: /b
     upstream: user-service
     transformations: {request: {add_headers: {X-Open: "${header.X-A"}}}
@@ -96,10 +96,10 @@ routes:
     ) == [
         "12:18: routes[0].transformations.request.add_headers.X-Bad: unknown variable"
         " ${claim.sub} (known: ${backend}, ${client_ip}, ${consumer}, ${latency},"
-        " ${request_id}, ${route}, ${upstream}, ${claims.NAME}, ${header.NAME}, ${query.NAME})",
+        " ${request_id}, ${route}, ${upstream}, ${claims.NAME}, ${header.NAME}, ${query.NAME},"
+        " ${tls.client_subject})",
         "14:50: routes[0].transformations.response.add_headers.X-T: unknown variable"
-        " ${tls.client_subject} (known: ${backend}, ${client_ip}, ${consumer}, ${latency},"
-        " ${request_id}, ${route}, ${upstream}, ${claims.NAME}, ${header.NAME}, ${query.NAME})",
+        " ${tls.cipher} (known: ${tls.client_subject})",
         "17:55: routes[1].transformations.request.add_headers.X-Open: '${' starts a variable"
         " that is not closed with '}': '${header.X-A'",
     ]
@@ -160,7 +160,7 @@ server:
         "11:28: routes[0].rate_limit.requests: must be > 0",
         "14:52: routes[1].transformations.request.add_headers.X-A: unknown variable ${nope}"
         " (known: ${backend}, ${client_ip}, ${consumer}, ${latency}, ${request_id}, ${route},"
-        " ${upstream}, ${claims.NAME}, ${header.NAME}, ${query.NAME})",
+        " ${upstream}, ${claims.NAME}, ${header.NAME}, ${query.NAME}, ${tls.client_subject})",
         "15:11: routes[2].path: duplicate route: /y (every method) is already served by routes[1]",
         "18:15: routes[3].upstream: unknown upstream '12x' (known: user-service, other)",
         "19:18: routes[3].auth.type: type 'jwt' needs 'auth.jwt' to be configured",

@@ -203,7 +203,8 @@ routes:
       claims: {role: [admin, {x: 1}], level: {a: b}}
 """
     ) == [
-        "10:14: routes[0].auth.type[0]: invalid value 'oauth' (expected 'jwt' or 'api_key')",
+        "10:14: routes[0].auth.type[0]: invalid value 'oauth'"
+        " (expected 'jwt', 'api_key' or 'mtls')",
         "11:30: routes[0].auth.claims.role[1]: expected a string, got a mapping",
     ]
     assert errors(base + "routes: [{path: /a, upstream: user-service, auth: {type: []}}]\n") == [
