@@ -20,6 +20,7 @@ import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -48,6 +49,8 @@ TARGETS = (
     "aiogate-ratelimit",
     "aiogate-ratelimit-redis",
     "aiogate-tracing",
+    "nginx-tls",
+    "aiogate-tls",
 )
 BASELINES = ("nginx", "aiohttp-minimal")
 SUMMARY_KEYS = [
@@ -91,6 +94,7 @@ class Target:
     name: str
     port: int
     pid: int | None  # root of the process tree under test; None for `direct`
+    scheme: str = "http"  # https: wrk speaks TLS (HTTP/1.1, keep-alive) to it
 
 
 @dataclass
@@ -141,11 +145,18 @@ def free_port() -> int:
 
 
 def wait_http(proc: subprocess.Popen[bytes], url: str, timeout: float = 15.0) -> None:
+    # https targets use a throwaway self-signed certificate: nothing to verify it against.
+    insecure = ssl.create_default_context()
+    insecure.check_hostname = False
+    insecure.verify_mode = ssl.CERT_NONE
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SkipTargetError(f"exited with code {proc.returncode}")
-        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as resp:
+        with (
+            contextlib.suppress(OSError),
+            urllib.request.urlopen(url, timeout=1, context=insecure) as resp,
+        ):
             if resp.status == 200:
                 return
         time.sleep(0.1)
@@ -256,6 +267,49 @@ def start_nginx_proxy(stack: Stack, backend_port: int) -> Target:
     return Target("nginx", port, proc.pid)
 
 
+def self_signed(stack: Stack) -> tuple[Path, Path]:
+    """A P-256 certificate and key for the TLS targets (the same files for nginx and aiogate)."""
+    cert, key = stack.tmp / "tls-cert.pem", stack.tmp / "tls-key.pem"
+    if cert.exists():
+        return cert, key
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise SkipTargetError("openssl not found (apt-get install openssl)")
+    argv = [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"]
+    argv += ["-nodes", "-days", "2", "-subj", "/CN=localhost", "-keyout", str(key)]
+    argv += ["-out", str(cert)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    if done.returncode != 0:
+        raise SkipTargetError(f"openssl req failed: {done.stderr.strip()}")
+    return cert, key
+
+
+def start_nginx_tls(stack: Stack, backend_port: int) -> Target:
+    """nginx terminating TLS with the same protocols and ciphers aiogate sets."""
+    cert, key = self_signed(stack)
+    port = free_port()
+    upstream = f"""    upstream backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive 64;
+    }}"""
+    block = f"""        listen 127.0.0.1:{port} ssl backlog=4096;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ciphers ECDHE+AESGCM:ECDHE+CHACHA20;
+        access_log {stack.tmp}/nginx-tls/access.log combined buffer=64k flush=1s;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}"""
+    conf = nginx_conf(stack.tmp, "nginx-tls", block, upstream)
+    argv = [nginx_bin(), "-p", str(conf.parent), "-c", str(conf)]
+    proc = stack.spawn("nginx-tls", argv, PROXY_CPU)
+    wait_http(proc, f"https://127.0.0.1:{port}/")
+    return Target("nginx-tls", port, proc.pid, "https")
+
+
 def start_aiohttp_minimal(stack: Stack, backend_port: int) -> Target:
     port = free_port()
     script = ROOT / "bench" / "minimal_aiohttp_proxy.py"
@@ -267,7 +321,14 @@ def start_aiohttp_minimal(stack: Stack, backend_port: int) -> Target:
 
 
 def start_aiogate(
-    stack: Stack, backend_port: int, name: str = "aiogate", extra: str = "", route_extra: str = ""
+    stack: Stack,
+    backend_port: int,
+    name: str = "aiogate",
+    *,
+    extra: str = "",
+    route_extra: str = "",
+    server_extra: str = "",
+    scheme: str = "http",
 ) -> Target:
     binary = VENV_BIN / "aiogate"
     if not binary.exists():
@@ -278,7 +339,7 @@ def start_aiogate(
         f"""server:
   listen: "127.0.0.1:{port}"
   workers: 1
-admin:
+{server_extra}admin:
   listen: "127.0.0.1:{admin_port}"
 logging:
   level: info
@@ -294,9 +355,9 @@ routes:
     )
     # Access logs stay on (info), stdout goes to a file: the realistic production setting.
     proc = stack.spawn(name, [str(binary), "run", "-c", str(config)], PROXY_CPU)
-    wait_http(proc, f"http://127.0.0.1:{port}/healthz")
-    wait_http(proc, f"http://127.0.0.1:{port}/")
-    return Target(name, port, proc.pid)
+    wait_http(proc, f"{scheme}://127.0.0.1:{port}/healthz")
+    wait_http(proc, f"{scheme}://127.0.0.1:{port}/")
+    return Target(name, port, proc.pid, scheme)
 
 
 # Every request is admitted (wrk is one client IP): the cost measured is the limiter's own.
@@ -330,6 +391,12 @@ def start_aiogate_ratelimit_redis(stack: Stack, backend_port: int) -> Target:
     return start_aiogate(
         stack, backend_port, "aiogate-ratelimit-redis", extra=extra, route_extra=_RATE_LIMIT
     )
+
+
+def start_aiogate_tls(stack: Stack, backend_port: int) -> Target:
+    cert, key = self_signed(stack)
+    server = f"  tls:\n    cert_file: {cert}\n    key_file: {key}\n"
+    return start_aiogate(stack, backend_port, "aiogate-tls", server_extra=server, scheme="https")
 
 
 def start_aiogate_tracing(stack: Stack, backend_port: int) -> Target:
@@ -422,9 +489,9 @@ def parse_wrk(out: str, target: str, rnd: int) -> Sample:
     )
 
 
-def run_wrk(port: int, duration: int, connections: int) -> str:
+def run_wrk(port: int, duration: int, connections: int, scheme: str = "http") -> str:
     argv = ["taskset", "-c", BACKEND_CPU, "wrk", "-t1", f"-c{connections}", f"-d{duration}s"]
-    argv += ["--latency", f"http://127.0.0.1:{port}/"]
+    argv += ["--latency", f"{scheme}://127.0.0.1:{port}/"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60, check=False)
     if done.returncode != 0:
         raise ValueError(f"wrk exited {done.returncode}: {(done.stdout + done.stderr).strip()}")
@@ -452,10 +519,10 @@ def bench_cpu_s(target: Target, backend_pid: int) -> float:
 
 
 def measure(target: Target, backend_pid: int, rnd: int, args: argparse.Namespace) -> Sample:
-    run_wrk(target.port, WARMUP_S, args.connections)
+    run_wrk(target.port, WARMUP_S, args.connections, target.scheme)
     proxy_before = tree_cpu_s(target.pid) if target.pid else 0.0
     ours_before, (busy_before, cap_before) = bench_cpu_s(target, backend_pid), machine_cpu_s()
-    out = run_wrk(target.port, args.duration, args.connections)
+    out = run_wrk(target.port, args.duration, args.connections, target.scheme)
     ours_after, (busy_after, cap_after) = bench_cpu_s(target, backend_pid), machine_cpu_s()
     sample = parse_wrk(out, target.name, rnd)
     foreign = (busy_after - busy_before) - (ours_after - ours_before)
@@ -562,6 +629,21 @@ def limiter_cost(summary: dict[str, dict[str, float | None]]) -> str:
     return "Rate limiter CPU per request (gateway process): " + (", ".join(parts) or "n/a")
 
 
+def tls_cost(samples: list[Sample], summary: dict[str, dict[str, float | None]]) -> str:
+    """HTTPS (keep-alive) next to plain HTTP, and aiogate's TLS next to nginx's."""
+    parts = []
+    for num, den in (
+        ("aiogate-tls", "aiogate"),
+        ("aiogate-tls", "nginx-tls"),
+        ("nginx-tls", "nginx"),
+    ):
+        mine, base = summary.get(num, {}).get("rps"), summary.get(den, {}).get("rps")
+        if mine and base:
+            rounds = ", ".join(f"{r:.2f}" for r in paired_ratios(samples, num, den))
+            parts.append(f"{num} / {den} = {mine / base:.2f}{TIMES} (per round: {rounds})")
+    return "TLS req/s: " + ("; ".join(parts) or "n/a")
+
+
 def render(
     info: dict[str, str],
     args: argparse.Namespace,
@@ -593,6 +675,7 @@ def render(
     lines += ["", f"**{headline(samples, summary)}**", "", cpu_headline(samples, summary), ""]
     lines += [limiter_cost(summary), ""]
     lines += [tracing_cost(summary), ""]
+    lines += [tls_cost(samples, summary), ""]
     if getattr(args, "metrics_cost_us", None) is not None:
         cost = args.metrics_cost_us
         lines += [f"Metrics per request (in-process micro-benchmark): {cost:.2f} \u00b5s", ""]
@@ -619,6 +702,8 @@ def start_targets(stack: Stack, skipped: dict[str, str]) -> list[Target]:
         "aiogate-ratelimit": start_aiogate_ratelimit,
         "aiogate-ratelimit-redis": start_aiogate_ratelimit_redis,
         "aiogate-tracing": start_aiogate_tracing,
+        "nginx-tls": start_nginx_tls,
+        "aiogate-tls": start_aiogate_tls,
     }
     only = getattr(start_targets, "only", None)
     for name, start in starters.items():
@@ -702,6 +787,7 @@ def main() -> None:
         "cpu_headline": cpu_headline(samples, summary),
         "limiter_cost": limiter_cost(summary),
         "tracing_cost": tracing_cost(summary),
+        "tls_cost": tls_cost(samples, summary),
         "metrics_cost_us": args.metrics_cost_us,
         "skipped": skipped,
         "samples": [asdict(s) for s in samples],
