@@ -282,6 +282,19 @@ def test_mtls_optional_certificate_decides_on_mtls_routes_only(
     assert access_line(gw, rid)["consumer"] == subject_of(client)
 
 
+def test_each_client_certificate_has_its_own_user_rate_limit(
+    make_gateway: Any, backends: BackendThread, pki: Pki
+) -> None:
+    config = mtls_config(backends, pki, require=True)
+    config["routes"][-2]["rate_limit"] = {"requests": 1, "window": "1h", "dimension": "user"}
+    gw = make_gateway(config)
+    alice = pki.client_context(pki.ca.issue_cert("alice@example.test", common_name="alice"))
+    bob = pki.client_context(pki.ca.issue_cert("bob@example.test", common_name="bob"))
+    assert get(gw.port, "/secure", alice)[0] == 200
+    assert get(gw.port, "/secure", alice)[0] == 429  # the same certificate: the same bucket
+    assert get(gw.port, "/secure", bob)[0] == 200  # another subject: its own bucket
+
+
 def test_mtls_route_needs_a_listener_that_verifies_client_certificates(
     make_gateway: Any, backends: BackendThread, pki: Pki, tmp_path: Path
 ) -> None:
