@@ -220,7 +220,17 @@ def _references(data: dict[str, Any], config: GatewayConfig | None) -> list[Path
 
 # What the cross-section checks read of a route (path, methods, hosts and headers for
 # duplicates; upstream and auth for references).
-_REFERENCE_KEYS = ("path", "methods", "hosts", "headers", "name", "upstream", "upstreams", "auth")
+_REFERENCE_KEYS = (
+    "path",
+    "methods",
+    "hosts",
+    "headers",
+    "name",
+    "upstream",
+    "upstreams",
+    "auth",
+    "cache",
+)
 _PLACEHOLDER_UPSTREAM = "\0unknown"
 
 
