@@ -31,6 +31,8 @@ __all__ = [
     "JWKS_REFRESHED",
     "JWKS_REFRESH_FAILED",
     "BACKEND_ERROR",
+    "CACHE_STORE_RESTORED",
+    "CACHE_STORE_UNAVAILABLE",
     "CONFIG_REJECTED",
     "CONFIG_RELOADED",
     "CONFIG_FILE_CHANGED",
@@ -105,6 +107,8 @@ AUTH_STORE_UNAVAILABLE: Final = "auth_store_unavailable"
 AUTH_STORE_BAD_RECORD: Final = "auth_store_bad_record"
 AUTH_KEY_INVALID: Final = "auth_key_invalid"
 RATELIMIT_REJECTED: Final = "ratelimit_rejected"
+CACHE_STORE_UNAVAILABLE: Final = "cache_store_unavailable"
+CACHE_STORE_RESTORED: Final = "cache_store_restored"
 IP_REJECTED: Final = "ip_rejected"
 CONFIG_WATCH_STARTED: Final = "config_watch_started"
 CONFIG_WATCH_STOPPED: Final = "config_watch_stopped"

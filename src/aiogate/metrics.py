@@ -28,6 +28,9 @@ __all__ = [
     "AUTH_FAILURES",
     "BACKEND_HEALTHY",
     "BUILD_INFO",
+    "CACHE_BYTES",
+    "CACHE_EVICTIONS",
+    "CACHE_REQUESTS",
     "CIRCUIT_STATE",
     "CIRCUIT_TRANSITIONS",
     "CONFIG_HASH",
@@ -186,6 +189,23 @@ DISCOVERY_UP: Final = Gauge(
     "aiogate_discovery_up",
     "1 while every discovery source (etcd watch) is connected, 0 while one is retrying.",
     multiprocess_mode="livemin",
+)
+
+CACHE_REQUESTS: Final = Counter(
+    "aiogate_cache_requests_total",
+    "Requests on routes with a response cache, by route and result (hit, miss, bypass).",
+    ["route", "result"],
+)
+CACHE_EVICTIONS: Final = Counter(
+    "aiogate_cache_evictions_total",
+    "Fresh entries the memory cache dropped to stay within its bounds, by route.",
+    ["route"],
+)
+CACHE_BYTES: Final = Gauge(
+    "aiogate_cache_bytes",
+    "Bytes held by a route's memory cache (bodies and headers).",
+    ["route"],
+    multiprocess_mode="livesum",
 )
 
 
