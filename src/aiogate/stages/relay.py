@@ -18,7 +18,7 @@ from typing import Final
 from aiohttp import hdrs, web
 
 from .. import log
-from ..context import RequestContext
+from ..context import RequestContext, ResponseCapture
 from ..errors import BadGateway, GatewayTimeout, UpstreamBodyBroken
 from ..headers import GATEWAY_RESPONSE_HEADERS, HOP_BY_HOP, connection_tokens
 from ..upstream.attempt import Attempt
@@ -124,9 +124,13 @@ async def relay_response(
             response = _Relayed(status=status, reason=reason, headers=headers)
             if length is not None:
                 response.content_length = length
+            capture = ctx.capture
+            if capture is not None and (length is None or length > capture.limit):
+                capture = None  # too large to keep: stream in flat memory, copy nothing
             return await _stream(
-                ctx, request, upstream, attempt, response, seconds=seconds, clock=clock
-            )
+                ctx, request, upstream, attempt, response, seconds=seconds, clock=clock,
+                capture=capture,
+            )  # fmt: skip
         try:
             body = await upstream.read()
         except UpstreamTimeoutError:
@@ -139,6 +143,8 @@ async def relay_response(
             ) from None
         upstream.release()
         attempt.succeeded(clock(), seconds)
+        if ctx.capture is not None and length <= ctx.capture.limit:
+            ctx.capture.fill(upstream.status, upstream.reason, upstream.headers, body)
         if ctx.method == "HEAD" or upstream.status in (204, 304):
             bodiless = _bodiless(ctx, upstream, headers)
             if status != upstream.status:
@@ -185,13 +191,17 @@ async def _stream(
     *,
     seconds: float,
     clock: Clock,
+    capture: ResponseCapture | None = None,
 ) -> web.StreamResponse:
+    kept: list[bytes] | None = [] if capture is not None else None
     try:
         await response.prepare(request)
         sent = 0
         async for chunk in upstream.iter_chunks():
             await response.write(chunk)
             sent += len(chunk)
+            if kept is not None:
+                kept.append(chunk)
         ctx.bytes_out = sent
     except (ConnectionError, asyncio.CancelledError):
         # The client went away: the upstream connection is not reusable, and there is no
@@ -209,4 +219,6 @@ async def _stream(
         raise UpstreamBodyBroken("upstream response broken mid-body") from exc
     upstream.release()
     attempt.succeeded(clock(), seconds)
+    if capture is not None and kept is not None:
+        capture.fill(upstream.status, upstream.reason, upstream.headers, b"".join(kept))
     return response
