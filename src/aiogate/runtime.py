@@ -12,6 +12,7 @@ import time
 from aiohttp import web
 
 from .auth import AuthServices
+from .cache import CachePlan
 from .config import GatewayConfig
 from .iprules import IpRulesPlan
 from .metrics import RECORDER, set_build_info
@@ -84,6 +85,10 @@ class Runtime:
         self.ratelimit = RateLimitPlan(config, self.redis)
         #: Global IP rules compiled once; each route's stage adds its own (None: no stage).
         self.ip_rules = IpRulesPlan(config.ip_rules)
+        #: Response cache stores; a route whose cache settings are unchanged keeps its store.
+        self.caches: CachePlan = CachePlan(
+            config.routes, self.redis, previous.caches if previous is not None else None
+        )
         services = Services(
             config=config,
             pools=self.pools,
@@ -94,6 +99,7 @@ class Runtime:
             recorder=self.recorder,
             tracing=self.tracing,
             claim_headers=claim_header_names(config.auth),
+            caches=self.caches,
         )
         routes: list[tuple[str, frozenset[str] | None, CompiledRoute]] = []
         for route in config.routes:
