@@ -48,6 +48,8 @@ TARGETS = (
     "aiogate-ratelimit",
     "aiogate-ratelimit-redis",
     "aiogate-tracing",
+    "nginx-cache",
+    "aiogate-cache",
 )
 BASELINES = ("nginx", "aiohttp-minimal")
 SUMMARY_KEYS = [
@@ -256,6 +258,35 @@ def start_nginx_proxy(stack: Stack, backend_port: int) -> Target:
     return Target("nginx", port, proc.pid)
 
 
+def start_nginx_cache(stack: Stack, backend_port: int) -> Target:
+    """nginx `proxy_cache` answering every request from its cache (one URL, fresh for 1 h)."""
+    port = free_port()
+    cache_dir = stack.tmp / "nginx-cache-store"
+    http_extra = f"""    upstream backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive 64;
+    }}
+    proxy_cache_path {cache_dir} levels=1:2 keys_zone=bench:10m max_size=64m inactive=1h
+                     use_temp_path=off;"""
+    block = f"""        listen 127.0.0.1:{port} backlog=4096;
+        access_log {stack.tmp}/nginx-cache/access.log combined buffer=64k flush=1s;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache bench;
+            proxy_cache_valid 200 1h;
+            proxy_cache_lock on;
+            add_header X-Cache $upstream_cache_status;
+        }}"""
+    conf = nginx_conf(stack.tmp, "nginx-cache", block, http_extra)
+    proc = stack.spawn(
+        "nginx-cache", [nginx_bin(), "-p", str(conf.parent), "-c", str(conf)], PROXY_CPU
+    )
+    wait_http(proc, f"http://127.0.0.1:{port}/")
+    return Target("nginx-cache", port, proc.pid)
+
+
 def start_aiohttp_minimal(stack: Stack, backend_port: int) -> Target:
     port = free_port()
     script = ROOT / "bench" / "minimal_aiohttp_proxy.py"
@@ -346,6 +377,26 @@ def start_aiogate_tracing(stack: Stack, backend_port: int) -> Target:
         "  sample_ratio: 1.0\n"
     )
     return start_aiogate(stack, backend_port, "aiogate-tracing", extra=extra)
+
+
+def start_aiogate_cache(stack: Stack, backend_port: int) -> Target:
+    """The route with a memory response cache: after the first request every one is a hit."""
+    cache = "    cache: {ttl: 1h}\n"
+    return start_aiogate(stack, backend_port, "aiogate-cache", route_extra=cache)
+
+
+def cache_hit(summary: dict[str, dict[str, float | None]]) -> str:
+    """A cache hit against the same proxy without the cache, and against nginx's proxy_cache."""
+    mine = summary.get("aiogate-cache", {})
+    parts = []
+    for base in ("aiogate", "nginx-cache"):
+        rps, base_rps = mine.get("rps"), summary.get(base, {}).get("rps")
+        if rps and base_rps:
+            parts.append(f"{rps / base_rps:.2f}{TIMES} the req/s of {base}")
+    cpu, base_cpu = mine.get("cpu_s_per_1k"), summary.get("aiogate", {}).get("cpu_s_per_1k")
+    if cpu and base_cpu:
+        parts.append(f"{(cpu - base_cpu) * 1000:+.1f} \u00b5s CPU per request vs aiogate")
+    return "Response cache hit (aiogate-cache): " + (", ".join(parts) or "n/a")
 
 
 def metrics_cost_us(repeat: int = 200_000) -> float:
@@ -593,6 +644,7 @@ def render(
     lines += ["", f"**{headline(samples, summary)}**", "", cpu_headline(samples, summary), ""]
     lines += [limiter_cost(summary), ""]
     lines += [tracing_cost(summary), ""]
+    lines += [cache_hit(summary), ""]
     if getattr(args, "metrics_cost_us", None) is not None:
         cost = args.metrics_cost_us
         lines += [f"Metrics per request (in-process micro-benchmark): {cost:.2f} \u00b5s", ""]
@@ -619,6 +671,8 @@ def start_targets(stack: Stack, skipped: dict[str, str]) -> list[Target]:
         "aiogate-ratelimit": start_aiogate_ratelimit,
         "aiogate-ratelimit-redis": start_aiogate_ratelimit_redis,
         "aiogate-tracing": start_aiogate_tracing,
+        "nginx-cache": start_nginx_cache,
+        "aiogate-cache": start_aiogate_cache,
     }
     only = getattr(start_targets, "only", None)
     for name, start in starters.items():
@@ -702,6 +756,7 @@ def main() -> None:
         "cpu_headline": cpu_headline(samples, summary),
         "limiter_cost": limiter_cost(summary),
         "tracing_cost": tracing_cost(summary),
+        "cache_hit": cache_hit(summary),
         "metrics_cost_us": args.metrics_cost_us,
         "skipped": skipped,
         "samples": [asdict(s) for s in samples],
