@@ -95,7 +95,7 @@ class CountingBackend:
 
 
 def cache_config(backend: CountingBackend, **cache: Any) -> dict[str, Any]:
-    """Cached routes on one origin: `/c` (ttl 30s, vary Accept-Language), `/short` (ttl 1s),
+    """Cached routes on one origin: `/c` (ttl 30s, vary Accept-Language), `/short` (ttl 2s),
     `/small` (max_entry_size 2KiB), `/auth` (API key, not cached), `/auth-shared` (API
     key, `authenticated: true`) and `/edited` (transformations and CORS); keys k-alice and
     k-bob. `cache` overrides every route's."""
@@ -111,7 +111,7 @@ def cache_config(backend: CountingBackend, **cache: Any) -> dict[str, Any]:
         "upstreams": [{"name": "origin", "backends": [{"url": backend.url}]}],
         "routes": [
             route("/c"),
-            route("/short", ttl="1s"),
+            route("/short", ttl="2s"),
             route("/small", max_entry_size="2KiB"),
             {**route("/auth"), "auth": {"type": "api_key"}},
             {**route("/auth-shared", authenticated=True), "auth": {"type": "api_key"}},
