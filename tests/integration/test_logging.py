@@ -81,6 +81,7 @@ def test_lines_while_serving_carry_request_and_trace_ids(
     config = guarded_config(
         backends,
         tracing={"enabled": True, "endpoint": receiver.endpoint, "export_interval": "50ms"},
+        logging={"level": "info", "levels": {"aiogate.ratelimit": "debug"}},
     )
     gw = make_gateway(config)
     status, request_id = call(gw, "/private")
@@ -171,3 +172,15 @@ def test_logger_levels_change_on_reload_and_diff_summary(
     status, loud = call(gw, "/private")
     assert status == 401
     assert line_of(gw, "auth_failed", loud)["level"] == "info"
+
+
+def test_a_429_logs_one_line(backends: BackendThread, make_gateway: Callable[..., Gateway]) -> None:
+    """At the default level a refused request writes its access line and nothing else."""
+    gw = make_gateway(guarded_config(backends))
+    assert call(gw, "/limited")[0] == 200
+    status, request_id = call(gw, "/limited")
+    assert status == 429
+    access = line_of(gw, "request", request_id)
+    assert access["status"] == 429
+    # A stage's line would have been written before the access line: none is there.
+    assert [e["event"] for e in gw.events() if e.get("request_id") == request_id] == ["request"]
