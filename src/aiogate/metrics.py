@@ -26,7 +26,7 @@ from prometheus_client import (
 
 # `*_created` series (one per counter and histogram child) double the series count for a value
 # nobody graphs; the switch must be thrown before the first metric below is created.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 __all__ = [
     "ACTIVE_CONNECTIONS",
