@@ -20,6 +20,7 @@ from .admin import ReloadOutcome, make_admin_app
 from .config import ConfigError, GatewayConfig, SourceValue, load_config, loaded_source
 from .configsource import EtcdConfigWatcher
 from .discovery import Discovery
+from .listeners import ListenError, start_site
 from .metrics import config_loaded
 from .reload import Reloader, configure_logging
 from .runtime import Runtime, RuntimeHolder
@@ -35,11 +36,15 @@ def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     """A listening TCP socket; bound here so a bad address fails before anything else starts."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(host, port, exc) from exc
     sock.setblocking(False)
     return sock
 
@@ -261,7 +266,7 @@ class Daemon:
             access_log=None,
         )
         await runner.setup()
-        await web.TCPSite(runner, config.admin.host, config.admin.port).start()
+        await start_site(runner, config.admin.host, config.admin.port)
         return runner
 
     def _start_watchdog(self) -> Watchdog | None:

@@ -24,6 +24,7 @@ from aiohttp import web
 from . import log, sdnotify
 from .admin import ReloadOutcome, make_admin_app
 from .config import ConfigError, ConfigIssue, GatewayConfig, load_config, loaded_source
+from .listeners import ListenError, start_site
 from .metrics import CONFIG_RELOADS, config_loaded
 from .reload import configure_logging
 from .tasks import TaskSet
@@ -274,7 +275,7 @@ class Supervisor:
             watchdog.start()
         admin = web.AppRunner(make_admin_app(self), access_log=None)
         await admin.setup()
-        await web.TCPSite(admin, self._config.admin.host, self._config.admin.port).start()
+        await start_site(admin, self._config.admin.host, self._config.admin.port)
         for index in range(self._count):
             self._spawn_in_background(index, env, delay=0.0)
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -375,7 +376,10 @@ def _check_bindable(host: str, port: int) -> None:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ListenError(host, port, exc) from exc
 
 
 def _forget_worker_metrics(pid: int | None) -> None:

@@ -58,7 +58,14 @@ def test_bad_backend_urls(url: str, message: str) -> None:
 
 @pytest.mark.parametrize(
     ("listen", "host", "port"),
-    [("0.0.0.0:8080", "0.0.0.0", 8080), ("[::1]:0", "::1", 0), ("localhost:1", "localhost", 1)],
+    [
+        ("0.0.0.0:8080", "0.0.0.0", 8080),
+        ("[::1]:0", "::1", 0),
+        ("localhost:1", "localhost", 1),
+        # `:port` is every IPv4 interface; `[::]:port` is the spelling for IPv6 too.
+        (":8080", "0.0.0.0", 8080),
+        ("[::]:8080", "::", 8080),
+    ],
 )
 def test_listen(listen: str, host: str, port: int) -> None:
     server = ServerConfig(listen=listen)
@@ -69,7 +76,7 @@ def test_listen(listen: str, host: str, port: int) -> None:
     ("listen", "message"),
     [
         ("8080", "expected host:port"),
-        (":8080", "expected host:port"),
+        (":", "invalid port"),
         ("::1:8080", "write IPv6 as"),
         ("[::1]8080", "expected host:port"),
         ("[nope]:80", "invalid IPv6 address"),
