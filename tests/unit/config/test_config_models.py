@@ -14,6 +14,7 @@ from aiogate.config import (
     ApiKeyConfig,
     ApiKeyEntry,
     BackendConfig,
+    HealthCheckConfig,
     GatewayConfig,
     RouteAuth,
     RouteConfig,
@@ -477,3 +478,14 @@ def test_models_are_frozen() -> None:
     cfg = GatewayConfig()
     with pytest.raises(ValidationError, match="frozen"):
         cfg.server.workers = 2  # type: ignore[misc]
+
+
+def test_script_check_environment_keys() -> None:
+    check = HealthCheckConfig(type="script", command=("true",), env={"A": "1"})
+    assert (dict(check.env), check.inherit_env) == ({"A": "1"}, False)
+    with pytest.raises(ValidationError, match="invalid environment variable name"):
+        HealthCheckConfig(type="script", command=("true",), env={"A=B": "1"})
+    with pytest.raises(ValidationError, match="'env' is only used with type 'script'"):
+        HealthCheckConfig(type="http", env={"A": "1"})
+    with pytest.raises(ValidationError, match="'inherit_env' is only used with type 'script'"):
+        HealthCheckConfig(type="tcp", inherit_env=True)
