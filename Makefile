@@ -9,13 +9,14 @@ BIN := $(VENV)/bin
 TEST_DEBS := redis-server etcd-server prometheus systemd nginx-light
 BENCH_DEBS := wrk nginx-light
 
-.PHONY: help venv system-deps run test lint format typecheck bench clean wheel-check
+.PHONY: help venv system-deps run test lint format typecheck bench clean wheel-check schema
 
 help:
 	@echo "make run        gateway on :8080 with etc/aiogate.yaml and two demo backends"
 	@echo "make test       create .venv, install everything, run the whole suite with coverage"
 	@echo "make lint       ruff check + format check"
 	@echo "make typecheck  mypy --strict on src/"
+	@echo "make schema     regenerate docs/aiogate.schema.json from the config models"
 	@echo "make bench      wrk: aiogate vs nginx vs a minimal aiohttp proxy vs direct"
 	@echo "make wheel-check build sdist+wheel, install the wheel in a fresh venv, smoke-test it"
 
@@ -62,6 +63,11 @@ format: venv
 
 typecheck: venv
 	$(BIN)/mypy
+
+# The config's JSON Schema for editors; tests/unit/config/test_config_schema.py fails when the
+# committed file is stale.
+schema: venv
+	$(PY) -m aiogate.config.schema --output docs/aiogate.schema.json
 
 bench: venv
 	$(call ensure_debs,$(BENCH_DEBS))

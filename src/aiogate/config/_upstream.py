@@ -55,7 +55,14 @@ def _statuses(value: Any) -> Any:
     return tuple(out)
 
 
-Statuses = Annotated[tuple[Annotated[int, Field(ge=100, le=599)], ...], BeforeValidator(_statuses)]
+_Status = Annotated[int, Field(ge=100, le=599)]
+_StatusRange = Annotated[str, Field(pattern=r"^\d{3}-\d{3}$")]
+Statuses = Annotated[
+    tuple[_Status, ...],
+    BeforeValidator(
+        _statuses, json_schema_input_type=_Status | _StatusRange | list[_Status | _StatusRange]
+    ),
+]
 
 
 class FallbackResponseConfig(Model):
