@@ -7,7 +7,10 @@ BIN := $(VENV)/bin
 # Debian packages the test suite and the benchmark use as real peers (prometheus brings
 # promtool for the alert-rule tests, systemd brings systemd-analyze for the unit check).
 TEST_DEBS := redis-server etcd-server prometheus systemd nginx-light
-BENCH_DEBS := wrk nginx-light
+# The benchmark runs whatever nginx is installed (a distro nginx, nginx-core/-full, nginx.org's
+# package, a build in /usr/local): nginx-light is installed only when there is none.
+NGINX_BIN := $(shell command -v nginx 2>/dev/null || ls /usr/sbin/nginx /usr/local/sbin/nginx 2>/dev/null | head -n1)
+BENCH_DEBS := wrk $(if $(NGINX_BIN),,nginx-light)
 
 .PHONY: help venv system-deps run test lint format typecheck bench clean wheel-check schema
 

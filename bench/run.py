@@ -436,7 +436,14 @@ def tracing_cost(summary: dict[str, dict[str, float | None]]) -> str:
 
 
 def nginx_bin() -> str:
-    return shutil.which("nginx") or "/usr/sbin/nginx"
+    """The installed nginx: on PATH, else where distro and source builds put it."""
+    found = shutil.which("nginx")
+    if found:
+        return found
+    for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx"):
+        if Path(path).exists():
+            return path
+    return "/usr/sbin/nginx"
 
 
 # --- wrk ------------------------------------------------------------------------------------
