@@ -15,7 +15,7 @@ BENCH_DEBS := wrk $(if $(NGINX_BIN),,nginx-light)
 .PHONY: help venv system-deps run test lint format typecheck bench clean wheel-check schema
 
 help:
-	@echo "make run        gateway on :8080 with etc/aiogate.yaml and two demo backends"
+	@echo "make run        gateway on :8080 with deploy/demo/aiogate.yaml and two demo backends"
 	@echo "make test       create .venv, install everything, run the whole suite with coverage"
 	@echo "make lint       ruff check + format check"
 	@echo "make typecheck  mypy --strict on src/"
@@ -26,10 +26,12 @@ help:
 # constraints.txt pins every dependency (deploy/freeze_constraints.py writes it): CI and the
 # container image install the versions that were tested.
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,dev]'
-	touch $@
+	@test -x $(PY) || { echo "creating the virtual environment $(VENV)…"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing Python packages into $(VENV) (a minute or two the first time)…"
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -c constraints.txt -e '.[test,dev]'
+	@echo "$(VENV) is ready"
+	@touch $@
 
 venv: $(VENV)/.installed
 
@@ -51,7 +53,7 @@ system-deps:
 	$(call ensure_debs,$(TEST_DEBS))
 
 run: venv
-	deploy/demo/run.sh etc/aiogate.yaml
+	deploy/demo/run.sh
 
 test: venv system-deps
 	$(BIN)/pytest --cov=aiogate --cov-report=term --cov-fail-under=80 $(PYTEST_ARGS)

@@ -201,11 +201,38 @@ def test_listen_without_a_host_serves_every_ipv4_interface(
         gw.stop()
 
 
-def test_the_reference_config_passes_check() -> None:
+def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIOGATE_", "JWT_", "DEMO_"))}
-    result = run_cli("check", "-c", "etc/aiogate.yaml", env=env)
+    return {**env, **extra}
+
+
+@pytest.mark.parametrize(
+    ("config", "required"),
+    [
+        (
+            "etc/aiogate.yaml",
+            {"AIOGATE_UPSTREAM_URL": "http://127.0.0.1:9", "JWT_SECRET": "x" * 32},
+        ),
+        ("deploy/demo/aiogate.yaml", {"JWT_SECRET": "x" * 32, "DEMO_API_KEY": "k" * 20}),
+    ],
+)
+def test_shipped_configs_hold_no_secret(config: str, required: dict[str, str]) -> None:
+    """They pass `check` with their secrets in the environment, and not without: there is no
+    published default to fall back on."""
+    result = run_cli("check", "-c", config, env=_clean_env(**required))
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+    for name in required:
+        missing = {k: v for k, v in required.items() if k != name}
+        result = run_cli("check", "-c", config, env=_clean_env(**missing))
+        assert result.returncode == 1
+        assert f"environment variable {name} is not set" in result.stderr
+
+
+def test_the_install_template_is_the_packaged_example() -> None:
+    """etc/aiogate.yaml and `aiogate example-config` are one file."""
+    example = run_cli("example-config")
+    assert example.stdout == (ROOT / "etc" / "aiogate.yaml").read_text()
 
 
 # -- systemd unit -----------------------------------------------------------------------------

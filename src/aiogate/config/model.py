@@ -37,6 +37,7 @@ from ._route import (
     RouteRateLimit,
     Transformations,
 )
+from ._secrets import check_not_published
 from ._source import ConfigSourceConfig
 from ._upstream import (
     BackendConfig,
@@ -142,6 +143,13 @@ class AdminConfig(Model):
     def _empty_is_off(cls, value: Any) -> Any:
         # `token: ${env:AIOGATE_ADMIN_TOKEN:-}` must be able to switch the admin API off.
         return None if value == "" else value
+
+    @field_validator("token")
+    @classmethod
+    def _not_published(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_not_published(value.get_secret_value())
+        return value
 
     @property
     def host(self) -> str:
