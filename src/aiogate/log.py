@@ -22,6 +22,8 @@ import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from .logfields import MAPPERS, Mapper
+
 __all__ = [
     "ACCESS_LOGGER",
     "AUTH_FAILED",
@@ -230,6 +232,8 @@ class _State:
     level: int = _LEVELS["info"]
     levels: Mapping[str, int] = {}
     json: bool = True
+    #: `logging.format: ecs | otel`: renames the fields of every JSON line; None for `json`.
+    mapper: Mapper | None = None
     access_enabled: bool = True
     #: Share of non-error access lines written (1.0: all).
     access_sample: float = 1.0
@@ -282,7 +286,8 @@ def configure(
     _State.sink = BufferedSink(out.fileno(), whole_lines=whole_lines)
     _State.level = _LEVELS[level]
     _State.levels = {name: _LEVELS[lvl] for name, lvl in (levels or {}).items()}
-    _State.json = fmt == "json"
+    _State.json = fmt != "console"
+    _State.mapper = MAPPERS.get(fmt)
     _State.access_enabled = access_log and _level_for(ACCESS_LOGGER) <= _LEVELS["info"]
     _State.access_sample = access_sample
     renderer: Processor
@@ -290,18 +295,21 @@ def configure(
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
-    _State.processors = _processors(renderer)
+    _State.processors = _processors(renderer, _State.mapper)
     _State.cache = {}
 
 
-def _processors(renderer: Processor) -> list[Processor]:
-    return [
+def _processors(renderer: Processor, mapper: Mapper | None = None) -> list[Processor]:
+    processors: list[Processor] = [
         _add_request_ids,
         structlog.processors.add_log_level,
         _timestamp,
         structlog.processors.format_exc_info,
-        renderer,
     ]
+    if mapper is not None:
+        processors.append(lambda _, __, event_dict: mapper(event_dict))
+    processors.append(renderer)
+    return processors
 
 
 def get_logger(name: str) -> Any:
@@ -342,7 +350,8 @@ def access(fields: dict[str, Any]) -> None:
         fields["level"] = "info"
         fields["logger"] = ACCESS_LOGGER
         fields["timestamp"] = _now_iso()
-        _State.sink.write(orjson.dumps(fields))
+        mapper = _State.mapper
+        _State.sink.write(orjson.dumps(fields if mapper is None else mapper(fields)))
     else:
         get_logger(ACCESS_LOGGER).info(REQUEST, **fields)
 

@@ -3,6 +3,7 @@ the config_reloaded diff summary."""
 
 from __future__ import annotations
 
+import json
 import signal
 import urllib.error
 import urllib.request
@@ -184,3 +185,47 @@ def test_a_429_logs_one_line(backends: BackendThread, make_gateway: Callable[...
     assert access["status"] == 429
     # A stage's line would have been written before the access line: none is there.
     assert [e["event"] for e in gw.events() if e.get("request_id") == request_id] == ["request"]
+
+
+@pytest.mark.parametrize("fmt", ["ecs", "otel"])
+def test_ecs_and_otel_field_names(
+    backends: BackendThread, make_gateway: Callable[..., Gateway], fmt: str
+) -> None:
+    """`logging.format: ecs | otel`: the daemon's lines use that schema's field names."""
+    config = basic_config(backends, logging={"level": "info", "format": fmt})
+    gw = make_gateway(config)
+    status, request_id = call(gw, "/api/users/1")
+    assert status == 200
+
+    def access_line() -> dict[str, Any] | None:
+        for line in list(gw.lines):
+            record = json.loads(line)
+            ids = (
+                record.get("http.request.id"),
+                record.get("Attributes", {}).get("aiogate.request_id"),
+            )
+            if request_id in ids:
+                return dict(record)
+        return None
+
+    wait_until(lambda: access_line() is not None, what="the access line")
+    line = access_line()
+    assert line is not None
+    if fmt == "ecs":
+        assert (line["message"], line["http.request.method"], line["url.path"]) == (
+            "request",
+            "GET",
+            "/api/users/1",
+        )
+        assert line["http.response.status_code"] == 200
+        assert line["client.ip"] == "127.0.0.1"
+        assert isinstance(line["event.duration"], int)
+    else:
+        attributes = line["Attributes"]
+        assert (line["Body"], line["SeverityText"]) == ("request", "INFO")
+        assert (attributes["http.request.method"], attributes["url.path"]) == (
+            "GET",
+            "/api/users/1",
+        )
+        assert attributes["http.response.status_code"] == 200
+        assert attributes["client.address"] == "127.0.0.1"

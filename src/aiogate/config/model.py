@@ -169,7 +169,8 @@ LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidat
 
 class LoggingConfig(Model):
     level: LogLevel = "info"
-    format: Literal["json", "console"] = "json"
+    #: `ecs` / `otel`: JSON lines with Elastic Common Schema / OpenTelemetry field names.
+    format: Literal["json", "console", "ecs", "otel"] = "json"
     levels: Mapping[str, LogLevel] = Field(default_factory=dict)
     access_log: bool = True
     #: Share of access lines written for responses below 400; error lines are always written.
