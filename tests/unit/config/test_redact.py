@@ -196,7 +196,7 @@ def test_reload_changes_summary_never_holds_secret_values(load_text: LoadText) -
     template = """\
 admin: {token: "%(v)s-token"}
 redis: {url: "redis://:%(v)s-pw@127.0.0.1:6379/0"}
-auth: {jwt: {algorithms: [HS256], secret: "%(v)s-jwt"}}
+auth: {jwt: {algorithms: [HS256], secret: "%(v)s-jwt-0123456789abcdef0123456789abcdef"}}
 upstreams:
   - name: svc
     backends: [{url: "http://127.0.0.1:9001"}]
