@@ -111,6 +111,9 @@ class ServerConfig(Model):
     shutdown_timeout: Annotated[Duration, Field(ge=0)] = 30.0
     max_header_size: Annotated[Size, Field(gt=0)] = 8 * 1024
     max_headers: int = Field(default=100, gt=0)
+    #: The backend's `Server` header: replaced by `Server: aiogate` (as nginx and Envoy do, so
+    #: the backends' software and versions are not advertised), or passed as it is.
+    server_header: Literal["replace", "pass"] = "replace"
     #: Header names with `_`: drop them before forwarding, answer 400, or forward them.
     underscore_headers: Literal["drop", "reject", "allow"] = "drop"
     #: `%2F`, `%5C` or `\\` in a request path: refused (400) or made a `/` before routing.

@@ -25,7 +25,7 @@ from ..cache import Entry, Store, StoreUnavailable, cache_key, directives, fresh
 from ..context import RequestContext, ResponseCapture
 from ..metrics import CACHE_REQUESTS
 from . import Next
-from .relay import apply_response_edits, filter_response_headers
+from .relay import SERVER, apply_response_edits, filter_response_headers, set_server
 from .services import Services
 from .wire import WireResponse
 
@@ -41,10 +41,23 @@ _ABSENT: Final = "\0"
 class Cache:
     name: ClassVar[str] = "cache"
 
-    __slots__ = ("_bypass", "_config", "_hit", "_inflight", "_label", "_miss", "_store", "_vary")
+    __slots__ = (
+        "_bypass",
+        "_config",
+        "_hit",
+        "_inflight",
+        "_label",
+        "_miss",
+        "_server",
+        "_store",
+        "_vary",
+    )
 
-    def __init__(self, route: RouteConfig, config: CacheConfig, store: Store) -> None:
+    def __init__(
+        self, route: RouteConfig, config: CacheConfig, store: Store, *, server: str | None = SERVER
+    ) -> None:
         self._label = route.label
+        self._server = server
         self._config = config
         self._store = store
         self._vary = config.vary  # lower-case names, as `freshness` compares them
@@ -155,6 +168,7 @@ class Cache:
         self._hit.inc()
         drop = ctx.response_drop
         pairs = filter_response_headers(list(entry.headers), drop) if drop else list(entry.headers)
+        set_server(pairs, self._server)
         pairs.append(("X-Request-ID", ctx.request_id))
         pairs += ctx.response_headers
         pairs += (("X-Cache", "HIT"), ("Age", str(entry.age(now))))
@@ -173,4 +187,7 @@ def for_route(route: RouteConfig, services: Services) -> Cache | None:
     if route.cache is None or services.caches is None:
         return None
     store = services.caches.store_for(route)
-    return Cache(route, route.cache, store) if store is not None else None
+    if store is None:
+        return None
+    server = SERVER if services.config.server.server_header == "replace" else None
+    return Cache(route, route.cache, store, server=server)

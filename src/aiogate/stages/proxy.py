@@ -33,7 +33,7 @@ from ..upstream.forward import (
 from ..upstream.pool import NoBackendAvailable, UpstreamPool
 from ..upstream.retry import IDEMPOTENT_METHODS, RetryBudget, RetryLease, backoff_delay
 from .forwarding import ClientBodyError, Forwarding
-from .relay import relay_response
+from .relay import SERVER, relay_response
 
 if TYPE_CHECKING:
     from ..config import RouteConfig
@@ -72,6 +72,7 @@ class Proxy:
         drop: frozenset[str] = frozenset(),
         tracing: Tracing | None = None,
         underscores: bool = False,
+        server: str | None = SERVER,
     ) -> None:
         self._pool = pool
         #: The Runtime's tracing when it is on: a span (and traceparent) per upstream attempt.
@@ -94,6 +95,8 @@ class Proxy:
         self._retry_counters: dict[str, Counter] = {}
         self._loop = loop = asyncio.get_running_loop()
         self._clock = loop.time  # bound once: the relay reads it per response
+        #: The relayed `Server` header (None: the backend's passes, `server_header: pass`).
+        self._server = server
 
     async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
         forwarding = self._forwarding
@@ -168,7 +171,9 @@ class Proxy:
                     )  # fmt: skip
                     if delay is None:
                         # Below 500 the backend's verdict waits for the end of the body.
-                        return await relay_response(ctx, upstream, attempt, seconds, self._clock)
+                        return await relay_response(
+                            ctx, upstream, attempt, seconds, self._clock, server=self._server
+                        )
                     failure = None  # a later 503 from the pool is then the honest answer
             finally:
                 attempt.close()
@@ -383,4 +388,5 @@ def for_route(route: RouteConfig, services: Services) -> Proxy:
         drop=services.claim_headers,
         tracing=services.tracing,
         underscores=config.server.underscore_headers == "allow",
+        server=SERVER if config.server.server_header == "replace" else None,
     )

@@ -25,7 +25,10 @@ from ..upstream.attempt import Attempt
 from ..upstream.forward import UpstreamResponse, UpstreamTimeoutError
 from .wire import BUFFER_LIMIT, WireResponse
 
-__all__ = ["Clock", "filter_response_headers", "relay_response"]
+__all__ = ["SERVER", "Clock", "filter_response_headers", "relay_response", "set_server"]
+
+#: The `Server` value of relayed responses under `server.server_header: replace`.
+SERVER: Final = "aiogate"
 
 _RESPONSE_DROP: Final = HOP_BY_HOP | GATEWAY_RESPONSE_HEADERS
 
@@ -97,12 +100,22 @@ def apply_response_edits(ctx: RequestContext, status: int, headers: list[tuple[s
     return status
 
 
+def set_server(headers: list[tuple[str, str]], server: str | None) -> None:
+    """Replace the upstream's `Server` with `server` (None: `server_header: pass`)."""
+    if server is None:
+        return
+    headers[:] = [pair for pair in headers if pair[0].lower() != "server"]
+    headers.append(("Server", server))
+
+
 async def relay_response(
     ctx: RequestContext,
     upstream: UpstreamResponse,
     attempt: Attempt,
     seconds: float,
     clock: Clock,
+    *,
+    server: str | None = SERVER,
 ) -> web.StreamResponse:
     """Send the upstream's response to the client and judge `attempt` by the body.
 
@@ -112,6 +125,7 @@ async def relay_response(
     request = ctx.request
     try:
         headers = filter_response_headers(upstream.headers, ctx.response_drop)
+        set_server(headers, server)
         headers.append(("X-Request-ID", ctx.request_id))
         headers += ctx.response_headers
         status, reason = upstream.status, upstream.reason or None

@@ -252,6 +252,9 @@ class ConnectionPool:
         # checkout would never look at the old ones.
         while idle and now - idle[0].idle_since > self._idle_timeout:
             idle.pop(0).close()
+        if self._max_idle <= 0:  # reuse disabled: no connection is kept
+            conn.close()
+            return
         if len(idle) >= self._max_idle:
             idle.pop(0).close()
         conn.idle_since = now
