@@ -25,6 +25,7 @@ from prometheus_client import (
 
 __all__ = [
     "ACTIVE_CONNECTIONS",
+    "WEBSOCKET_CONNECTIONS",
     "AUTH_FAILURES",
     "BACKEND_HEALTHY",
     "BUILD_INFO",
@@ -83,6 +84,12 @@ UPSTREAM_DURATION: Final = Histogram(
 ACTIVE_CONNECTIONS: Final = Gauge(
     "aiogate_active_connections",
     "Client connections open on the proxy listener.",
+    multiprocess_mode="livesum",
+)
+WEBSOCKET_CONNECTIONS: Final = Gauge(
+    "aiogate_websocket_connections",
+    "WebSocket connections open through the gateway, by route.",
+    ["route"],
     multiprocess_mode="livesum",
 )
 CONNECTIONS_REFUSED: Final = Counter(
