@@ -48,6 +48,11 @@ def ws_config(backend: WsBackend, **server: Any) -> dict[str, Any]:
             {"path": "/private", "upstream": "ws", "auth": {"type": "api_key"}},
             {"path": "/limited", "upstream": "ws", "rate_limit": {"requests": 2, "window": "1h"}},
             {"path": "/bad", "upstream": "bad-accept"},
+            {
+                "path": "/browser",
+                "upstream": "ws",
+                "cors": {"allowed_origins": ["https://app.example"]},
+            },
         ],
     }
 
@@ -208,6 +213,16 @@ def status_of_head(sock: socket.socket) -> int:
         assert chunk, data
         data += chunk
     return int(data.split(b" ", 2)[1])
+
+
+def test_cors_refuses_a_websocket_from_another_origin(wsgw: Gateway, ws_backend: WsBackend) -> None:
+    seen = len(ws_backend.seen.handshakes)
+    reply = exchange(wsgw.port, handshake("/browser/ws", "Origin: https://evil.example"))
+    assert_gateway_error(reply, 403, "cors_origin_not_allowed")
+    assert len(ws_backend.seen.handshakes) == seen
+    with connect(wsgw.port) as sock:
+        sock.sendall(handshake("/browser/ws", "Origin: https://app.example"))
+        assert status_of_head(sock) == 101
 
 
 def test_rate_limit_counts_handshakes(wsgw: Gateway) -> None:
