@@ -119,39 +119,38 @@ class FrameBoundary:
         return self._remaining == 0 and not self._header
 
     def feed(self, data: bytes) -> None:
+        # Called for every read of a tunnel, so written for speed: a read inside a payload
+        # costs one comparison, a frame header a few integer operations.
         size = len(data)
-        offset = 0
-        while offset < size:
-            remaining = self._remaining
-            if remaining:
-                step = min(remaining, size - offset)
-                self._remaining = remaining - step
-                offset += step
-                continue
-            header = self._header + data[offset : offset + 14]
-            needed = _header_length(header)
-            if needed is None or len(header) < needed:
-                # An incomplete header: keep it (at most 13 bytes) for the next read.
-                self._header = header
+        remaining = self._remaining
+        if not self._header:
+            if remaining >= size:
+                self._remaining = remaining - size
                 return
-            offset += needed - len(self._header)
+        else:
+            data = self._header + data  # rare: a header split across reads
             self._header = b""
-            self._remaining = _payload_length(header)
-
-
-def _header_length(header: bytes) -> int | None:
-    if len(header) < 2:
-        return None
-    second = header[1]
-    length = second & 0x7F
-    size = 2 + (2 if length == 126 else 8 if length == 127 else 0)
-    return size + (4 if second & 0x80 else 0)
-
-
-def _payload_length(header: bytes) -> int:
-    length = header[1] & 0x7F
-    if length == 126:
-        return int(struct.unpack_from("!H", header, 2)[0])
-    if length == 127:
-        return int(struct.unpack_from("!Q", header, 2)[0])
-    return length
+            size = len(data)
+        offset = remaining
+        while offset < size:
+            if offset + 2 > size:
+                self._header = data[offset:]
+                self._remaining = 0
+                return
+            second = data[offset + 1]
+            length = second & 0x7F
+            head = 6 if second & 0x80 else 2  # a masked frame carries a 4-byte key
+            if length == 126:
+                extended = 2
+            elif length == 127:
+                extended = 8
+            else:
+                extended = 0
+            if offset + head + extended > size:
+                self._header = data[offset:]
+                self._remaining = 0
+                return
+            if extended:
+                length = int.from_bytes(data[offset + 2 : offset + 2 + extended], "big")
+            offset += head + extended + length
+        self._remaining = offset - size

@@ -7,7 +7,9 @@ without CORS headers, which the browser treats as a failed preflight (Kong answe
 without CORS headers, Envoy forwards them; a 403 tells a human what went wrong).
 
 A WebSocket handshake from an origin not allowed is refused (403): browsers leave that
-decision to the server. An actual request from an allowed origin gets `Access-Control-Allow-Origin` (+ Credentials,
+decision to the server.
+
+An actual request from an allowed origin gets `Access-Control-Allow-Origin` (+ Credentials,
 Expose-Headers) through `ctx.response_headers`, so the proxied response and any gateway error
 carry it alike. The upstream's own `Access-Control-*` headers are never relayed on a route with
 a policy: the gateway's policy is the one answer (two `Allow-Origin` values fail in browsers).
