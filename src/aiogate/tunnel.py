@@ -107,6 +107,8 @@ class Tunnel:
     # -- data, both ways -----------------------------------------------------------------------
 
     def from_client(self, data: bytes) -> None:
+        if not self._upstream_open:
+            return  # the upstream is gone: the client's side is closing too
         self.bytes_in += len(data)
         self._last = self._loop.time()
         self._to_upstream.feed(data)
@@ -116,6 +118,8 @@ class Tunnel:
         client = self._client
         if client is None:
             self._upstream_tail += data
+            return
+        if not self._client_open:
             return
         self.bytes_out += len(data)
         self._last = self._loop.time()

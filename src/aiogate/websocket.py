@@ -15,6 +15,7 @@ import struct
 from typing import Final
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 
 from .errors import BadRequest, GatewayError
 from .headers import connection_tokens
@@ -55,8 +56,8 @@ def check_handshake(request: web.BaseRequest) -> str:
     426 with `Sec-WebSocket-Version: 13` for another version.
     """
     headers = request.headers
-    if request.method != "GET":
-        raise BadRequest("a WebSocket handshake must be a GET request")
+    if request.method != "GET" or request.version != HttpVersion11:
+        raise BadRequest("a WebSocket handshake must be an HTTP/1.1 GET request")
     if request.body_exists:
         raise BadRequest("a WebSocket handshake must not have a body")
     upgrade = {t.strip().lower() for t in headers.get("Upgrade", "").split(",")}

@@ -178,8 +178,9 @@ class Proxy:
                     )  # fmt: skip
                     if delay is None:
                         if upstream.status == 101:  # only ever the answer to a WebSocket handshake
-                            attempt.succeeded(loop.time(), seconds)
-                            return open_tunnel(ctx, upstream, self._websocket_idle_timeout)
+                            return open_tunnel(
+                                ctx, upstream, attempt, seconds, self._websocket_idle_timeout
+                            )
                         # Below 500 the backend's verdict waits for the end of the body.
                         return await relay_response(ctx, upstream, attempt, seconds, self._clock)
                     failure = None  # a later 503 from the pool is then the honest answer

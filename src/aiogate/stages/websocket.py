@@ -9,11 +9,13 @@ answer is relayed as an ordinary response.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final
 
 from ..context import RequestContext
 from ..errors import BadGateway, BadRequest
 from ..tunnel import Tunnel, TunnelResponse, client_transport
+from ..upstream.attempt import Attempt
 from ..upstream.forward import UpstreamResponse
 from ..websocket import accept_key, check_handshake
 from .relay import filter_response_headers
@@ -43,21 +45,28 @@ def handshake_head(
 
 
 def open_tunnel(
-    ctx: RequestContext, upstream: UpstreamResponse, idle_timeout: float
+    ctx: RequestContext,
+    upstream: UpstreamResponse,
+    attempt: Attempt,
+    seconds: float,
+    idle_timeout: float,
 ) -> TunnelResponse:
     """Check the upstream's `101`, send it to the client and start splicing bytes.
 
-    Raises BadGateway (the upstream connection closed) for a 101 that does not accept the
-    client's key, and ConnectionResetError (the server logs 499) when the client is gone.
+    Raises BadGateway (the upstream connection closed; a failure of the backend) for a 101
+    that does not accept the client's key, and ConnectionResetError (the server logs 499) when
+    the client is gone. `seconds`: the head's latency, for the attempt's verdict.
     """
     conn = upstream.upgraded
     assert conn is not None
+    now = asyncio.get_running_loop().time()
     expected = accept_key(ctx.request.headers["Sec-WebSocket-Key"])
     accepts = [
         value.strip() for name, value in upstream.headers if name.lower() == "sec-websocket-accept"
     ]
     if accepts != [expected]:
         conn.close()
+        attempt.failed(now)
         raise BadGateway(
             "upstream answered the WebSocket handshake without a matching Sec-WebSocket-Accept",
             code="bad_upstream_response",
@@ -68,9 +77,11 @@ def open_tunnel(
         conn.close()
         if client is None:
             raise ConnectionResetError("the client went away during the WebSocket handshake")
+        attempt.failed(now)
         raise BadGateway(
             "upstream closed the connection after its 101", code="bad_upstream_response"
         )
+    attempt.succeeded(now, seconds)
     host, transport = client
     headers = filter_response_headers(upstream.headers, ctx.response_drop)
     headers.append(("X-Request-ID", ctx.request_id))
