@@ -49,6 +49,7 @@ def ws_config(backend: WsBackend, **server: Any) -> dict[str, Any]:
             {"path": "/limited", "upstream": "ws", "rate_limit": {"requests": 2, "window": "1h"}},
             {"path": "/bad", "upstream": "bad-accept"},
             {"path": "/metered", "upstream": "ws"},
+            {"path": "/cached", "upstream": "ws", "cache": {"ttl": "1h"}},
             {
                 "path": "/browser",
                 "upstream": "ws",
@@ -179,6 +180,17 @@ def test_access_line_and_metrics_at_the_end(wsgw: Gateway) -> None:
         "gauge 0",
     )
     wait_until(lambda: metric(wsgw, "aiogate_requests_total", total) == 1, 5, "counted")
+
+
+def test_a_cached_route_never_answers_a_handshake_from_its_cache(wsgw: Gateway) -> None:
+    async def go() -> None:
+        async with aiohttp.ClientSession() as s:
+            for number in range(3):
+                async with s.ws_connect(f"{wsgw.url}/cached/ws") as ws:
+                    assert "X-Cache" not in ws._response.headers
+                    await echo_once(ws, f"round {number}")
+
+    run(go())
 
 
 # -- what is refused before (or instead of) the upgrade ----------------------------------------
