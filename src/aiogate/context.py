@@ -91,4 +91,6 @@ class RequestContext:
     capture: ResponseCapture | None = None
     #: Set only when tracing is on: the request span and its trace id.
     span: Any = None
+    #: The request asks for a WebSocket (`Upgrade: websocket`): proxied as a tunnel.
+    websocket: bool = False
     trace_id: str = ""

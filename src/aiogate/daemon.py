@@ -19,6 +19,7 @@ from . import log, sdnotify
 from .admin import ReloadOutcome, make_admin_app
 from .config import ConfigError, GatewayConfig, SourceValue, load_config, loaded_source
 from .configsource import EtcdConfigWatcher
+from .connection import ConnectionFactory
 from .discovery import Discovery
 from .listeners import ListenError, start_site
 from .metrics import config_loaded
@@ -300,4 +301,7 @@ async def _shutdown_within(server: web.Server, grace: float) -> None:
             return
         except TimeoutError:
             pass
+    if isinstance(server, ConnectionFactory):
+        # Open WebSockets never finish on their own: each gets a 1001 close frame now.
+        server.close_tunnels()
     await server.shutdown(0.05)  # cancel the handlers still running and close their sockets

@@ -30,6 +30,7 @@ disable_created_metrics()  # type: ignore[no-untyped-call]
 
 __all__ = [
     "ACTIVE_CONNECTIONS",
+    "WEBSOCKET_CONNECTIONS",
     "AUTH_FAILURES",
     "BACKEND_HEALTHY",
     "BUILD_INFO",
@@ -88,6 +89,12 @@ UPSTREAM_DURATION: Final = Histogram(
 ACTIVE_CONNECTIONS: Final = Gauge(
     "aiogate_active_connections",
     "Client connections open on the proxy listener.",
+    multiprocess_mode="livesum",
+)
+WEBSOCKET_CONNECTIONS: Final = Gauge(
+    "aiogate_websocket_connections",
+    "WebSocket connections open through the gateway, by route.",
+    ["route"],
     multiprocess_mode="livesum",
 )
 CONNECTIONS_REFUSED: Final = Counter(

@@ -472,6 +472,8 @@ class RouteConfig(Model):
     headers: Mapping[HeaderName, HeaderValue] = Field(default_factory=dict)
     #: The response cache; None: off.
     cache: CacheConfig | None = None
+    #: `Upgrade: websocket` handshakes are proxied (false: refused with 400).
+    websocket: bool = True
 
     @field_validator("hosts")
     @classmethod

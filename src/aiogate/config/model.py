@@ -109,6 +109,8 @@ class ServerConfig(Model):
     #: Open client connections per worker; connections beyond it are closed at once.
     max_connections: int = Field(default=10_000, ge=1)
     shutdown_timeout: Annotated[Duration, Field(ge=0)] = 30.0
+    #: A WebSocket with no bytes either way for this long is closed.
+    websocket_idle_timeout: Annotated[Duration, Field(gt=0)] = 3600.0
     max_header_size: Annotated[Size, Field(gt=0)] = 8 * 1024
     max_headers: int = Field(default=100, gt=0)
     #: The backend's `Server` header: replaced by `Server: aiogate` (as nginx and Envoy do, so

@@ -68,8 +68,8 @@ class Cache:
         self._bypass = CACHE_REQUESTS.labels(route.label, "bypass")
 
     async def __call__(self, ctx: RequestContext, call_next: Next) -> web.StreamResponse:
-        if ctx.method not in self._config.methods:
-            return await call_next(ctx)
+        if ctx.method not in self._config.methods or ctx.websocket:
+            return await call_next(ctx)  # a WebSocket handshake is never a cacheable GET
         headers = ctx.request.headers
         client = directives([("cache-control", v) for v in headers.getall("Cache-Control", ())])
         if client.no_store or not self._may_cache(ctx):
