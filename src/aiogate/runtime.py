@@ -16,7 +16,7 @@ from .cache import CachePlan
 from .config import GatewayConfig
 from .iprules import IpRulesPlan
 from .metrics import RECORDER, set_build_info
-from .netmatch import NetworkSet
+from .netmatch import NetworkSet, parse_ip
 from .ratelimit import RateLimitPlan
 from .redisconn import make_redis
 from .router import ConditionalRouter, Router
@@ -194,6 +194,11 @@ class Runtime:
         for hop in reversed([h.strip() for h in incoming.split(",")]):
             if not hop:
                 continue
+            if parse_ip(hop) is None:
+                # Not an address (`<script>`, `1.2.3.4;proto=https`, `unknown`): the chain
+                # cannot be believed past it, so the client is the last hop reached. Its value
+                # would otherwise be the rate-limit key, the IP-rules input and the log's IP.
+                break
             client = hop
             if not self._is_trusted(hop):
                 break
