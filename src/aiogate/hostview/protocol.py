@@ -25,6 +25,7 @@ worker → supervisor
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -115,7 +116,7 @@ def _view(view: BackendView) -> dict[str, object]:
 
 
 def encode_snapshot(
-    views: tuple[BackendView, ...], found: dict[str, tuple[tuple[str, int], ...]]
+    views: tuple[BackendView, ...], found: Mapping[str, tuple[tuple[str, int], ...]]
 ) -> bytes:
     return _line(
         {
