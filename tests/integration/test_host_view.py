@@ -11,6 +11,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from ctlbackend import CtlBackend, CtlGroup, ctl_group_fixtures
@@ -67,6 +68,13 @@ def _until_avoided(gw: Gateway, backend: CtlBackend, quiet: float = 1.0) -> floa
     return last
 
 
+def _after(event: dict[str, Any], last: float) -> float:
+    """Milliseconds from the host's decision (its event) to the last request that still reached
+    the backend (`last`, monotonic): how long the decision took to reach every worker, at most."""
+    decided = datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+    return (time.time() - (time.monotonic() - last) - decided) * 1000
+
+
 def _gauge(gw: Gateway, name: str, backend: CtlBackend) -> list[float]:
     return [
         value
@@ -116,7 +124,8 @@ def test_an_unhealthy_backend_is_avoided_by_every_worker(
     detect = INTERVAL * CHECK["unhealthy_threshold"]  # type: ignore[operator]
     print(
         f"\nactive check: every worker avoided the backend {(last - failed) * 1000:.0f} ms "
-        f"after its checks started failing (interval {INTERVAL}s x threshold 2 = {detect}s)"
+        f"after its checks started failing (interval {INTERVAL}s x threshold 2 = {detect}s); "
+        f"last request to it {_after(event, last):.0f} ms after the host's verdict"
     )
 
 
@@ -145,7 +154,8 @@ def test_passive_failures_of_every_worker_open_the_hosts_breaker(
     assert len(gw.events("circuit_state_changed")) == 1
     print(
         f"\npassive: {group[1].traffic} failures reached the backend (threshold {threshold}); "
-        f"every worker avoided it {(last - failing) * 1000:.0f} ms after it started failing"
+        f"every worker avoided it {(last - failing) * 1000:.0f} ms after it started failing, "
+        f"the last one {_after(event, last):.0f} ms after the host opened the circuit"
     )
 
 
