@@ -172,6 +172,7 @@ def _gateway_config(tmp_path: Path, threshold: int = 3) -> GatewayConfig:
         upstreams:
           - name: u
             backends: [{{url: "{A}"}}, {{url: "{B}"}}]
+            passive_health_check: {{consecutive_failures: 2, ejection_time: 20s}}
         routes:
           - path: /api
             upstream: u
@@ -224,6 +225,22 @@ async def test_failures_from_a_worker_open_the_hosts_breaker_and_the_worker_foll
     backends = _host_backends(host)
     assert [b["circuit"] for b in backends] == ["closed", "open"]
     assert entry.breaker.opened_at + 30 > asyncio.get_running_loop().time() + 29
+
+
+async def test_passive_failures_reported_by_a_worker_eject_the_backend_host_wide(
+    linked: tuple[HostView, HostLink, StateRegistry],
+) -> None:
+    host, link, worker = linked
+    entry = _entry(worker)
+    link.failure(entry, probe=False, passive=False)  # a breaker failure only
+    link.failure(entry, probe=False, passive=True)
+    await asyncio.sleep(0.2)
+    assert _host_backends(host)[1]["ejected"] is False
+    link.failure(entry, probe=False, passive=True)
+    now = asyncio.get_running_loop().time()
+    await _until(lambda: entry.ejected_until > now + 19, "the worker follows the ejection")
+    assert _host_backends(host)[1]["ejected"] is True
+    assert entry.breaker.state == OPEN  # the third failure also reached the threshold
 
 
 async def test_a_success_between_failures_resets_the_count_in_order(

@@ -20,7 +20,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Final
+from typing import Final, cast
 
 from .. import log
 from ..config import GatewayConfig
@@ -132,7 +132,7 @@ class HostView:
         upstreams = []
         for pool in self._pools.values():
             snapshot = pool.snapshot(now)
-            for backend in snapshot["backends"]:  # type: ignore[attr-defined]
+            for backend in cast(list[dict[str, object]], snapshot["backends"]):
                 backend.update(in_flight=None, connections=None, latency_ewma_ms=None)
             upstreams.append(snapshot)
         return {"host_view": {"workers_connected": len(self._clients)}, "upstreams": upstreams}
