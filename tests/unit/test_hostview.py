@@ -291,3 +291,33 @@ async def test_a_reload_on_the_host_sends_a_snapshot_that_keeps_the_state(
     assert _entry(fresh).reporter is link
     backends = _host_backends(host)
     assert backends[1]["circuit"] == "open"
+
+
+async def test_a_link_drops_a_line_it_cannot_read_and_reconnects(tmp_path: Path) -> None:
+    """A wrong version (or garbage) is never acted on: the worker reconnects, and the next
+    connection's snapshot is applied."""
+    lines = [b'{"t": "snapshot", "v": 99, "backends": [], "found": {}}\n', b"garbage\n"]
+    good = BackendView("u", B, False, CLOSED)
+    connections = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        writer.write(lines.pop(0) if lines else encode_snapshot((good,), {}))
+        await reader.read()  # until the worker hangs up
+        writer.close()
+
+    path = tmp_path / "fake.sock"
+    server = await asyncio.start_unix_server(serve, path=str(path))
+    link = HostLink(str(path))
+    worker = _registry()
+    link.attach(worker)
+    link.start()
+    try:
+        assert await link.first_snapshot(5)
+        assert connections == 3
+        assert link.connects == 1
+        assert _entry(worker).healthy is False
+    finally:
+        await link.close()
+        server.close()

@@ -213,10 +213,10 @@ class HostView:
         try:
             while line := await reader.readline():
                 self._outcome(decode(line))
-        except ProtocolError as exc:
-            self._log.warning(log.HOST_VIEW_BAD_MESSAGE, reason=str(exc))
-        except (OSError, ValueError):
-            pass  # the worker went away (or sent a line beyond the limit)
+        except (OSError, ConnectionError):
+            pass  # the worker went away
+        except Exception as exc:  # a bad line, one beyond the limit
+            self._log.warning(log.HOST_VIEW_BAD_MESSAGE, reason=f"{type(exc).__name__}: {exc}")
         finally:
             self._clients.discard(writer)
             writer.close()

@@ -133,8 +133,8 @@ class HostLink:
             try:
                 await self._follow(reader, writer)
                 reason = "closed by the supervisor"
-            except (OSError, ValueError, ProtocolError) as exc:  # ValueError: line too long
-                reason = str(exc) or type(exc).__name__
+            except Exception as exc:  # whatever broke: reconnect, start over
+                reason = f"{type(exc).__name__}: {exc}"
             finally:
                 self._detach()
                 writer.close()
