@@ -55,7 +55,8 @@ class HostLink:
         #: a Runtime built later (a reload, a discovery change).
         self._views: dict[tuple[str, str], tuple[BackendView, float]] = {}
         self._writer: asyncio.StreamWriter | None = None
-        self._pending: dict[tuple[str, str], list[int]] = {}
+        #: Successes not sent yet, by backend state (an identity hash: no key built per request).
+        self._pending: dict[BackendState, list[int]] = {}
         self._flush_handle: asyncio.TimerHandle | None = None
         self._task = BackgroundTask("host-link")
         self._first = asyncio.Event()
@@ -90,33 +91,34 @@ class HostLink:
 
     # -- OutcomeReporter (the request path: never awaits) --------------------------------------
     def success(self, state: BackendState, probe: bool) -> None:
-        key = (state.upstream.name, state.label)
-        counts = self._pending.get(key)
-        if counts is None:
-            self._pending[key] = [1, int(probe)]
-        else:
+        counts = self._pending.get(state)
+        if counts is not None:
             counts[0] += 1
-            counts[1] += probe
+            if probe:
+                counts[1] += 1
+            return
+        self._pending[state] = [1, int(probe)]
         if self._flush_handle is None:
             loop = asyncio.get_running_loop()
             self._flush_handle = loop.call_later(_FLUSH_EVERY, self._flush)
 
     def failure(self, state: BackendState, probe: bool, passive: bool) -> None:
-        key = (state.upstream.name, state.label)
-        counts = self._pending.pop(key, None)
+        counts = self._pending.pop(state, None)
         writer = self._writer
         if writer is None or writer.is_closing():
             return
+        name, label = state.upstream.name, state.label
         if counts is not None:  # this worker's earlier successes first: its order is kept
-            writer.write(encode_successes([(key[0], key[1], counts[0], counts[1])]))
-        writer.write(encode_failure(key[0], key[1], probe=probe, passive=passive))
+            writer.write(encode_successes([(name, label, counts[0], counts[1])]))
+        writer.write(encode_failure(name, label, probe=probe, passive=passive))
 
     def _flush(self) -> None:
         self._flush_handle = None
         pending, self._pending = self._pending, {}
         writer = self._writer
         if pending and writer is not None and not writer.is_closing():
-            writer.write(encode_successes([(u, b, n, p) for (u, b), (n, p) in pending.items()]))
+            items = [(s.upstream.name, s.label, n, p) for s, (n, p) in pending.items()]
+            writer.write(encode_successes(items))
 
     # -- the connection ------------------------------------------------------------------------
     async def _run(self) -> None:

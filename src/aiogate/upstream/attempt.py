@@ -50,7 +50,8 @@ class Attempt:
         state = self._state
         reporter = state.reporter
         if reporter is not None:
-            state.breaker.cancel(self._probe)
+            if self._probe:
+                state.breaker.cancel(True)
             reporter.success(state, self._probe)
         else:
             state.breaker.record(True, now, self._probe)
@@ -69,7 +70,8 @@ class Attempt:
         backend = self.backend
         reporter = state.reporter
         if reporter is not None:
-            state.breaker.cancel(self._probe)
+            if self._probe:
+                state.breaker.cancel(True)
             reporter.failure(state, self._probe, passive)
         else:
             state.breaker.record(False, now, self._probe)
