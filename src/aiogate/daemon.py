@@ -21,6 +21,7 @@ from .config import ConfigError, GatewayConfig, SourceValue, load_config, loaded
 from .configsource import EtcdConfigWatcher
 from .connection import ConnectionFactory
 from .discovery import Discovery
+from .hostview.link import HostLink
 from .listeners import ListenError, start_site
 from .metrics import config_loaded
 from .reload import Reloader, configure_logging
@@ -29,8 +30,13 @@ from .server import GatewayServer
 from .tasks import TaskSet
 from .watch import ConfigWatcher
 from .watchdog import PING, Watchdog, watchdog_timeout, worker_ping
+from .worker_env import HOSTVIEW_ENV
 
 __all__ = ["Daemon", "bind_socket"]
+
+#: How long a starting worker waits for the host view's first snapshot (the supervisor is up
+#: before it spawns workers, so this is only reached when something is wrong).
+_FIRST_SNAPSHOT_WAIT = 2.0
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
@@ -68,8 +74,14 @@ class Daemon:
         self._tasks = TaskSet()
         #: Reloads asked of this process so far; a worker tags its outcome with it.
         self._reloads = 0
+        #: A worker's link to its supervisor's host view: health checks, breakers and
+        #: discovery run once per host there. None in a single process.
+        socket_path = os.environ.get(HOSTVIEW_ENV) if worker else None
+        self._host = HostLink(socket_path) if socket_path else None
         #: Backends from etcd; idle (no tasks) unless an upstream has `discovery:`.
-        self._discovery = Discovery()
+        self._discovery = Discovery(follower=self._host is not None)
+        if self._host is not None:
+            self._host.on_found = self._discovery.receive
         #: Routes and upstreams from etcd (`config_source:`); None without one.
         self._source: EtcdConfigWatcher | None = None
         # `reload.watch`: the process owning the config watches it; a worker never does.
@@ -142,10 +154,11 @@ class Daemon:
         # The bytes the config was loaded from: the file may have been saved again since.
         file_text = loaded_source(config) or self._path.read_bytes()
         config, source_value = await self._start_source(config, file_text)
+        await self._follow_host()
         # The first read from etcd (bounded by its timeout) comes before the first Runtime, so a
         # gateway whose etcd is up starts ready with the registered backends.
         await self._discovery.start(config)
-        runtime = Runtime(self._discovery.apply(config))
+        runtime = Runtime(self._discovery.apply(config), host=self._host)
         await runtime.start()
         if not self._worker:
             config_loaded(file_text + (source_value.raw if source_value is not None else b""))
@@ -192,6 +205,7 @@ class Daemon:
         await self._tasks.cancel()
         await self._reloader.close()
         await holder.current.close()
+        await self._unfollow_host()
         if admin_runner is not None:
             await admin_runner.cleanup()
         if watchdog is not None:
@@ -199,6 +213,16 @@ class Daemon:
         logger.info(log.SHUTDOWN_COMPLETE)
         log.flush()
         return 0
+
+    async def _follow_host(self) -> None:
+        """A worker of a host view: the host's backend state and discovered backends first."""
+        if self._host is not None:
+            self._host.start()
+            await self._host.first_snapshot(_FIRST_SNAPSHOT_WAIT)
+
+    async def _unfollow_host(self) -> None:
+        if self._host is not None:
+            await self._host.close()
 
     def _make_reloader(
         self,

@@ -63,6 +63,9 @@ __all__ = [
     "WORKER_EXITED",
     "WORKER_HUNG",
     "WORKER_STARTED",
+    "HOST_LINK_UP",
+    "HOST_LINK_LOST",
+    "HOST_VIEW_BAD_MESSAGE",
     "BufferedSink",
     "access",
     "bind_request",
@@ -87,6 +90,10 @@ WORKER_STARTED: Final = "worker_started"
 WORKER_EXITED: Final = "worker_exited"
 #: A worker's event loop stopped pinging the watchdog: it is killed and restarted.
 WORKER_HUNG: Final = "worker_hung"
+#: `workers > 1`: a worker's link to the supervisor's host view (hostview/).
+HOST_LINK_UP: Final = "host_link_up"
+HOST_LINK_LOST: Final = "host_link_lost"
+HOST_VIEW_BAD_MESSAGE: Final = "host_view_bad_message"
 BACKEND_ERROR: Final = "upstream_error"
 INTERNAL_ERROR: Final = "internal_error"
 RATELIMIT_BACKEND_DEGRADED: Final = "ratelimit_backend_degraded"

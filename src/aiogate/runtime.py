@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -31,6 +32,9 @@ from .upstream.pool import UpstreamPool
 from .upstream.retry import RetryBudget
 from .upstream.state import StateRegistry
 
+if TYPE_CHECKING:
+    from .hostview.link import HostLink
+
 __all__ = ["CompiledRoute", "Runtime", "RuntimeHolder"]
 
 # Shared by every Runtime: the labelled metric children outlive a reload.
@@ -41,10 +45,20 @@ class Runtime:
     """Everything a request needs, built from one validated config."""
 
     def __init__(
-        self, config: GatewayConfig, *, generation: int = 1, previous: Runtime | None = None
+        self,
+        config: GatewayConfig,
+        *,
+        generation: int = 1,
+        previous: Runtime | None = None,
+        host: HostLink | None = None,
     ) -> None:
         self.config = config
         self.generation = generation
+        #: A worker's link to the supervisor's host view (`workers > 1`), handed on to every
+        #: later Runtime: the host then checks health and judges outcomes, not this process.
+        if host is None and previous is not None:
+            host = previous.host
+        self.host: HostLink | None = host
         self.recorder = _RECORDER
         set_build_info()
         #: None when tracing is off: then nothing on the request path touches OpenTelemetry.
@@ -63,7 +77,7 @@ class Runtime:
         #: Shared by every Redis-backed feature of this Runtime; None without `redis:`.
         self.redis = make_redis(config.redis) if config.redis is not None else None
         # What is known about backends (health, ejections, circuits) carries over a reload.
-        self.upstream_states = StateRegistry()
+        self.upstream_states = StateRegistry(publish=self.host is None)
         self.upstream_states.adopt(
             config.upstreams,
             config.circuit_breaker,
@@ -75,7 +89,7 @@ class Runtime:
         self._health = [
             HealthChecker(self.pools[u.name], u.health_check, generation)
             for u in config.upstreams
-            if u.health_check is not None
+            if u.health_check is not None and self.host is None
         ]
         #: Verifiers, the JWKS client and its refresh task (started and closed with us).
         self.auth: AuthServices = AuthServices(
@@ -135,6 +149,8 @@ class Runtime:
             checker.start()
         await self.ratelimit.start()
         self.upstream_states.commit(self.generation, _now())
+        if self.host is not None:
+            self.host.attach(self.upstream_states)
 
     def enter(self) -> None:
         self._in_flight += 1
