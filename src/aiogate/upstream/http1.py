@@ -661,8 +661,14 @@ class Http1Connection(asyncio.Protocol):
         else:
             if te is not None:
                 content_length = None
-                chunked = te.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-                self._until_close = not chunked
+                if te.strip().lower() != b"chunked":
+                    # `gzip, chunked` (or read-until-close with a coding): the body is relayed
+                    # re-framed as plain chunked, so the coding would be silently dropped and
+                    # the client would take coded bytes for the content. Refused like the
+                    # same request from a client (RFC 9112 §6.1: reject what is not understood).
+                    raise UpstreamProtocolError(
+                        "upstream response uses a transfer coding other than chunked"
+                    )
             elif content_length is None:
                 self._until_close = True
             # llhttp's view also covers read-until-close (never keep-alive).
