@@ -33,7 +33,7 @@ RUN groupadd --system --gid 10001 aiogate \
 COPY --from=build /opt/aiogate /opt/aiogate
 COPY --chown=root:aiogate --chmod=0640 src/aiogate/data/aiogate.example.yaml /etc/aiogate/aiogate.yaml
 # Fail the build on a config the installed aiogate rejects (placeholder values, build only).
-RUN AIOGATE_UPSTREAM_URL=http://127.0.0.1:9 JWT_SECRET=build-time-check-only \
+RUN AIOGATE_UPSTREAM_URL=http://127.0.0.1:9 JWT_SECRET=build-time-check-only-not-a-real-secret \
     aiogate check -c /etc/aiogate/aiogate.yaml
 USER 10001:10001
 EXPOSE 8080 9901

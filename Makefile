@@ -7,25 +7,31 @@ BIN := $(VENV)/bin
 # Debian packages the test suite and the benchmark use as real peers (prometheus brings
 # promtool for the alert-rule tests, systemd brings systemd-analyze for the unit check).
 TEST_DEBS := redis-server etcd-server prometheus systemd nginx-light
-BENCH_DEBS := wrk nginx-light
+# The benchmark runs whatever nginx is installed (a distro nginx, nginx-core/-full, nginx.org's
+# package, a build in /usr/local): nginx-light is installed only when there is none.
+NGINX_BIN := $(shell command -v nginx 2>/dev/null || ls /usr/sbin/nginx /usr/local/sbin/nginx 2>/dev/null | head -n1)
+BENCH_DEBS := wrk $(if $(NGINX_BIN),,nginx-light)
 
-.PHONY: help venv system-deps run test lint format typecheck bench clean wheel-check
+.PHONY: help venv system-deps run test lint format typecheck bench clean wheel-check schema
 
 help:
-	@echo "make run        gateway on :8080 with etc/aiogate.yaml and two demo backends"
+	@echo "make run        gateway on :8080 with deploy/demo/aiogate.yaml and two demo backends"
 	@echo "make test       create .venv, install everything, run the whole suite with coverage"
 	@echo "make lint       ruff check + format check"
 	@echo "make typecheck  mypy --strict on src/"
+	@echo "make schema     regenerate docs/aiogate.schema.json from the config models"
 	@echo "make bench      wrk: aiogate vs nginx vs a minimal aiohttp proxy vs direct"
 	@echo "make wheel-check build sdist+wheel, install the wheel in a fresh venv, smoke-test it"
 
 # constraints.txt pins every dependency (deploy/freeze_constraints.py writes it): CI and the
 # container image install the versions that were tested.
 $(VENV)/.installed: setup.cfg setup.py pyproject.toml constraints.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[test,dev]'
-	touch $@
+	@test -x $(PY) || { echo "creating the virtual environment $(VENV)…"; $(PYTHON) -m venv $(VENV); }
+	@echo "installing Python packages into $(VENV) (a minute or two the first time)…"
+	@$(PY) -m pip install --quiet --upgrade pip
+	@$(PY) -m pip install --quiet -c constraints.txt -e '.[test,dev]'
+	@echo "$(VENV) is ready"
+	@touch $@
 
 venv: $(VENV)/.installed
 
@@ -47,7 +53,7 @@ system-deps:
 	$(call ensure_debs,$(TEST_DEBS))
 
 run: venv
-	deploy/demo/run.sh etc/aiogate.yaml
+	deploy/demo/run.sh
 
 test: venv system-deps
 	$(BIN)/pytest --cov=aiogate --cov-report=term --cov-fail-under=80 $(PYTEST_ARGS)
@@ -62,6 +68,11 @@ format: venv
 
 typecheck: venv
 	$(BIN)/mypy
+
+# The config's JSON Schema for editors; tests/unit/config/test_config_schema.py fails when the
+# committed file is stale.
+schema: venv
+	$(PY) -m aiogate.config.schema --output docs/aiogate.schema.json
 
 bench: venv
 	$(call ensure_debs,$(BENCH_DEBS))

@@ -49,6 +49,8 @@ TARGETS = (
     "aiogate-ratelimit",
     "aiogate-ratelimit-redis",
     "aiogate-tracing",
+    "nginx-cache",
+    "aiogate-cache",
     "nginx-tls",
     "aiogate-tls",
 )
@@ -267,6 +269,35 @@ def start_nginx_proxy(stack: Stack, backend_port: int) -> Target:
     return Target("nginx", port, proc.pid)
 
 
+def start_nginx_cache(stack: Stack, backend_port: int) -> Target:
+    """nginx `proxy_cache` answering every request from its cache (one URL, fresh for 1 h)."""
+    port = free_port()
+    cache_dir = stack.tmp / "nginx-cache-store"
+    http_extra = f"""    upstream backend {{
+        server 127.0.0.1:{backend_port};
+        keepalive 64;
+    }}
+    proxy_cache_path {cache_dir} levels=1:2 keys_zone=bench:10m max_size=64m inactive=1h
+                     use_temp_path=off;"""
+    block = f"""        listen 127.0.0.1:{port} backlog=4096;
+        access_log {stack.tmp}/nginx-cache/access.log combined buffer=64k flush=1s;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache bench;
+            proxy_cache_valid 200 1h;
+            proxy_cache_lock on;
+            add_header X-Cache $upstream_cache_status;
+        }}"""
+    conf = nginx_conf(stack.tmp, "nginx-cache", block, http_extra)
+    proc = stack.spawn(
+        "nginx-cache", [nginx_bin(), "-p", str(conf.parent), "-c", str(conf)], PROXY_CPU
+    )
+    wait_http(proc, f"http://127.0.0.1:{port}/")
+    return Target("nginx-cache", port, proc.pid)
+
+
 def self_signed(stack: Stack) -> tuple[Path, Path]:
     """A P-256 certificate and key for the TLS targets (the same files for nginx and aiogate)."""
     cert, key = stack.tmp / "tls-cert.pem", stack.tmp / "tls-key.pem"
@@ -415,6 +446,26 @@ def start_aiogate_tracing(stack: Stack, backend_port: int) -> Target:
     return start_aiogate(stack, backend_port, "aiogate-tracing", extra=extra)
 
 
+def start_aiogate_cache(stack: Stack, backend_port: int) -> Target:
+    """The route with a memory response cache: after the first request every one is a hit."""
+    cache = "    cache: {ttl: 1h}\n"
+    return start_aiogate(stack, backend_port, "aiogate-cache", route_extra=cache)
+
+
+def cache_hit(summary: dict[str, dict[str, float | None]]) -> str:
+    """A cache hit against the same proxy without the cache, and against nginx's proxy_cache."""
+    mine = summary.get("aiogate-cache", {})
+    parts = []
+    for base in ("aiogate", "nginx-cache"):
+        rps, base_rps = mine.get("rps"), summary.get(base, {}).get("rps")
+        if rps and base_rps:
+            parts.append(f"{rps / base_rps:.2f}{TIMES} the req/s of {base}")
+    cpu, base_cpu = mine.get("cpu_s_per_1k"), summary.get("aiogate", {}).get("cpu_s_per_1k")
+    if cpu and base_cpu:
+        parts.append(f"{(cpu - base_cpu) * 1000:+.1f} \u00b5s CPU per request vs aiogate")
+    return "Response cache hit (aiogate-cache): " + (", ".join(parts) or "n/a")
+
+
 def metrics_cost_us(repeat: int = 200_000) -> float:
     """In-process: the metric calls one proxied request makes (request counter + latency
     histogram, upstream histogram, in-flight gauge inc/dec), in µs per request."""
@@ -452,7 +503,14 @@ def tracing_cost(summary: dict[str, dict[str, float | None]]) -> str:
 
 
 def nginx_bin() -> str:
-    return shutil.which("nginx") or "/usr/sbin/nginx"
+    """The installed nginx: on PATH, else where distro and source builds put it."""
+    found = shutil.which("nginx")
+    if found:
+        return found
+    for path in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx"):
+        if Path(path).exists():
+            return path
+    return "/usr/sbin/nginx"
 
 
 # --- wrk ------------------------------------------------------------------------------------
@@ -632,11 +690,8 @@ def limiter_cost(summary: dict[str, dict[str, float | None]]) -> str:
 def tls_cost(samples: list[Sample], summary: dict[str, dict[str, float | None]]) -> str:
     """HTTPS (keep-alive) next to plain HTTP, and aiogate's TLS next to nginx's."""
     parts = []
-    for num, den in (
-        ("aiogate-tls", "aiogate"),
-        ("aiogate-tls", "nginx-tls"),
-        ("nginx-tls", "nginx"),
-    ):
+    pairs = (("aiogate-tls", "aiogate"), ("aiogate-tls", "nginx-tls"), ("nginx-tls", "nginx"))
+    for num, den in pairs:
         mine, base = summary.get(num, {}).get("rps"), summary.get(den, {}).get("rps")
         if mine and base:
             rounds = ", ".join(f"{r:.2f}" for r in paired_ratios(samples, num, den))
@@ -675,6 +730,7 @@ def render(
     lines += ["", f"**{headline(samples, summary)}**", "", cpu_headline(samples, summary), ""]
     lines += [limiter_cost(summary), ""]
     lines += [tracing_cost(summary), ""]
+    lines += [cache_hit(summary), ""]
     lines += [tls_cost(samples, summary), ""]
     if getattr(args, "metrics_cost_us", None) is not None:
         cost = args.metrics_cost_us
@@ -702,6 +758,8 @@ def start_targets(stack: Stack, skipped: dict[str, str]) -> list[Target]:
         "aiogate-ratelimit": start_aiogate_ratelimit,
         "aiogate-ratelimit-redis": start_aiogate_ratelimit_redis,
         "aiogate-tracing": start_aiogate_tracing,
+        "nginx-cache": start_nginx_cache,
+        "aiogate-cache": start_aiogate_cache,
         "nginx-tls": start_nginx_tls,
         "aiogate-tls": start_aiogate_tls,
     }
@@ -787,6 +845,7 @@ def main() -> None:
         "cpu_headline": cpu_headline(samples, summary),
         "limiter_cost": limiter_cost(summary),
         "tracing_cost": tracing_cost(summary),
+        "cache_hit": cache_hit(summary),
         "tls_cost": tls_cost(samples, summary),
         "metrics_cost_us": args.metrics_cost_us,
         "skipped": skipped,

@@ -35,6 +35,7 @@ from .errors import (
 from .metrics import ACTIVE_CONNECTIONS, CONNECTIONS_REFUSED
 from .requestid import new_request_id
 from .runtime import RuntimeHolder
+from .tunnel import Tunnel
 
 __all__ = ["ConnectionFactory", "GatewayConnection"]
 
@@ -51,6 +52,13 @@ class ConnectionFactory(web.Server):
         self._holder = holder
         #: Connections being served (refused ones never count): `server.max_connections`.
         self.open_connections = 0
+        #: Open WebSocket tunnels: shutdown closes them with 1001 (`close_tunnels`).
+        self.tunnels: set[Tunnel] = set()
+
+    def close_tunnels(self) -> None:
+        """Close every open WebSocket with 1001 (going away): the end of the shutdown grace."""
+        for tunnel in list(self.tunnels):
+            tunnel.close_going_away()
 
     def __call__(self) -> RequestHandler:
         return GatewayConnection(self, holder=self._holder, loop=self._loop, **self._kwargs)
@@ -83,6 +91,7 @@ class GatewayConnection(RequestHandler):
         "_refused",
         "_seen_bytes",
         "_split_heads",
+        "_tunnel",
     )
 
     def __init__(self, manager: ConnectionFactory, *, holder: RuntimeHolder, **kwargs: Any) -> None:
@@ -102,6 +111,33 @@ class GatewayConnection(RequestHandler):
         self._body_watch: BodyWatch | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._body_timed_out = False
+        # Set once a WebSocket handshake succeeded: every later byte is the tunnel's.
+        self._tunnel: Tunnel | None = None
+
+    def start_tunnel(self, tunnel: Tunnel) -> None:
+        """Hand this connection's bytes to `tunnel` (the 101 head is already written): those
+        aiohttp buffered after the handshake head, and every later read."""
+        transport = self.transport
+        assert transport is not None
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._stop_body_watch()
+        tail, self._message_tail = self._message_tail, b""
+        self._tunnel = tunnel
+        tunnel.start(transport, tail, self._listener.tunnels)
+        if self._buffer_paused:  # aiohttp stopped reading while the tail grew
+            self._resume_reading_for_buffer()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._tunnel is not None:
+            self._tunnel.client_writing_paused()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._tunnel is not None:
+            self._tunnel.client_writing_resumed()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         listener = self._listener
@@ -122,6 +158,8 @@ class GatewayConnection(RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._refused:
             return  # aiohttp never knew this connection
+        if self._tunnel is not None:
+            self._tunnel.client_lost()
         self._listener.open_connections -= 1
         if self._head_timer is not None:
             self._head_timer.cancel()
@@ -131,6 +169,9 @@ class GatewayConnection(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            self._tunnel.from_client(data)
+            return
         if self._lingering:
             return  # after a 408 nothing more is parsed: the rest is drained and dropped
         if (

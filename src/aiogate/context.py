@@ -13,12 +13,33 @@ from typing import Any
 
 from aiohttp import web
 
-__all__ = ["RequestContext", "ResponseEdit"]
+__all__ = ["RequestContext", "ResponseCapture", "ResponseEdit"]
 
 _NO_PARAMS: Mapping[str, str] = MappingProxyType({})
 #: (ctx, status, header pairs) -> the status to send; may edit the pairs in place.
 ResponseEdit = Callable[["RequestContext", int, list[tuple[str, str]]], int]
 _NO_CLAIMS: Mapping[str, Any] = MappingProxyType({})
+
+
+class ResponseCapture:
+    """A copy of the upstream response for a stage that keeps it (the cache).
+
+    The relay fills it when the response arrives complete, of known length up to `limit`
+    bytes: the status, reason and headers as received, and the whole body. A response
+    larger than `limit`, of unknown length, or broken mid-body leaves it empty.
+    """
+
+    __slots__ = ("body", "headers", "limit", "reason", "status")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.status = 0
+        self.reason = ""
+        self.headers: list[tuple[str, str]] = []
+        self.body: bytes | None = None
+
+    def fill(self, status: int, reason: str, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status, self.reason, self.headers, self.body = status, reason, headers, body
 
 
 @dataclass(slots=True, eq=False)
@@ -66,6 +87,10 @@ class RequestContext:
     #: back through the chain) before the head is sent, streamed or not; each may edit the
     #: header pairs in place and returns the status to send.
     response_edits: tuple[ResponseEdit, ...] = ()
+    #: Set by the cache on a miss: the relay copies a complete, small response into it.
+    capture: ResponseCapture | None = None
     #: Set only when tracing is on: the request span and its trace id.
     span: Any = None
+    #: The request asks for a WebSocket (`Upgrade: websocket`): proxied as a tunnel.
+    websocket: bool = False
     trace_id: str = ""

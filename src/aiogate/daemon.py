@@ -20,7 +20,10 @@ from . import log, sdnotify
 from .admin import ReloadOutcome, make_admin_app
 from .config import ConfigError, GatewayConfig, SourceValue, load_config, loaded_source
 from .configsource import EtcdConfigWatcher
+from .connection import ConnectionFactory
 from .discovery import Discovery
+from .hostview.link import HostLink
+from .listeners import ListenError, start_site
 from .metrics import config_loaded
 from .reload import Reloader, configure_logging
 from .runtime import Runtime, RuntimeHolder
@@ -29,19 +32,28 @@ from .tasks import TaskSet
 from .tls import TlsListener
 from .watch import ConfigWatcher
 from .watchdog import PING, Watchdog, watchdog_timeout, worker_ping
+from .worker_env import HOSTVIEW_ENV
 
 __all__ = ["Daemon", "bind_socket"]
+
+#: How long a starting worker waits for the host view's first snapshot (the supervisor is up
+#: before it spawns workers, so this is only reached when something is wrong).
+_FIRST_SNAPSHOT_WAIT = 2.0
 
 
 def bind_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     """A listening TCP socket; bound here so a bad address fails before anything else starts."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(host, port, exc) from exc
     sock.setblocking(False)
     return sock
 
@@ -64,8 +76,14 @@ class Daemon:
         self._tasks = TaskSet()
         #: Reloads asked of this process so far; a worker tags its outcome with it.
         self._reloads = 0
+        #: A worker's link to its supervisor's host view: health checks, breakers and
+        #: discovery run once per host there. None in a single process.
+        socket_path = os.environ.get(HOSTVIEW_ENV) if worker else None
+        self._host = HostLink(socket_path) if socket_path else None
         #: Backends from etcd; idle (no tasks) unless an upstream has `discovery:`.
-        self._discovery = Discovery()
+        self._discovery = Discovery(follower=self._host is not None)
+        if self._host is not None:
+            self._host.on_found = self._discovery.receive
         #: Routes and upstreams from etcd (`config_source:`); None without one.
         self._source: EtcdConfigWatcher | None = None
         # `reload.watch`: the process owning the config watches it; a worker never does.
@@ -138,10 +156,11 @@ class Daemon:
         # The bytes the config was loaded from: the file may have been saved again since.
         file_text = loaded_source(config) or self._path.read_bytes()
         config, source_value = await self._start_source(config, file_text)
+        await self._follow_host()
         # The first read from etcd (bounded by its timeout) comes before the first Runtime, so a
         # gateway whose etcd is up starts ready with the registered backends.
         await self._discovery.start(config)
-        runtime = Runtime(self._discovery.apply(config))
+        runtime = Runtime(self._discovery.apply(config), host=self._host)
         await runtime.start()
         if not self._worker:
             config_loaded(file_text + (source_value.raw if source_value is not None else b""))
@@ -189,6 +208,7 @@ class Daemon:
         await self._tasks.cancel()
         await self._reloader.close()
         await holder.current.close()
+        await self._unfollow_host()
         if admin_runner is not None:
             await admin_runner.cleanup()
         if watchdog is not None:
@@ -214,6 +234,16 @@ class Daemon:
         tls = TlsListener(tls_config, low_level, handshake_timeout=config.server.header_timeout)
         self._reloader.tls = tls
         return tls.protocol
+
+    async def _follow_host(self) -> None:
+        """A worker of a host view: the host's backend state and discovered backends first."""
+        if self._host is not None:
+            self._host.start()
+            await self._host.first_snapshot(_FIRST_SNAPSHOT_WAIT)
+
+    async def _unfollow_host(self) -> None:
+        if self._host is not None:
+            await self._host.close()
 
     def _make_reloader(
         self,
@@ -282,7 +312,7 @@ class Daemon:
             access_log=None,
         )
         await runner.setup()
-        await web.TCPSite(runner, config.admin.host, config.admin.port).start()
+        await start_site(runner, config.admin.host, config.admin.port)
         return runner
 
     def _start_watchdog(self) -> Watchdog | None:
@@ -316,4 +346,7 @@ async def _shutdown_within(server: web.Server, grace: float) -> None:
             return
         except TimeoutError:
             pass
+    if isinstance(server, ConnectionFactory):
+        # Open WebSockets never finish on their own: each gets a 1001 close frame now.
+        server.close_tunnels()
     await server.shutdown(0.05)  # cancel the handlers still running and close their sockets

@@ -22,6 +22,8 @@ import orjson
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
+from .logfields import MAPPERS, Mapper
+
 __all__ = [
     "ACCESS_LOGGER",
     "AUTH_FAILED",
@@ -31,6 +33,8 @@ __all__ = [
     "JWKS_REFRESHED",
     "JWKS_REFRESH_FAILED",
     "BACKEND_ERROR",
+    "CACHE_STORE_RESTORED",
+    "CACHE_STORE_UNAVAILABLE",
     "CONFIG_REJECTED",
     "CONFIG_RELOADED",
     "CONFIG_FILE_CHANGED",
@@ -60,6 +64,9 @@ __all__ = [
     "WORKER_EXITED",
     "WORKER_HUNG",
     "WORKER_STARTED",
+    "HOST_LINK_UP",
+    "HOST_LINK_LOST",
+    "HOST_VIEW_BAD_MESSAGE",
     "BufferedSink",
     "access",
     "bind_request",
@@ -84,6 +91,10 @@ WORKER_STARTED: Final = "worker_started"
 WORKER_EXITED: Final = "worker_exited"
 #: A worker's event loop stopped pinging the watchdog: it is killed and restarted.
 WORKER_HUNG: Final = "worker_hung"
+#: `workers > 1`: a worker's link to the supervisor's host view (hostview/).
+HOST_LINK_UP: Final = "host_link_up"
+HOST_LINK_LOST: Final = "host_link_lost"
+HOST_VIEW_BAD_MESSAGE: Final = "host_view_bad_message"
 BACKEND_ERROR: Final = "upstream_error"
 INTERNAL_ERROR: Final = "internal_error"
 RATELIMIT_BACKEND_DEGRADED: Final = "ratelimit_backend_degraded"
@@ -107,6 +118,8 @@ AUTH_STORE_UNAVAILABLE: Final = "auth_store_unavailable"
 AUTH_STORE_BAD_RECORD: Final = "auth_store_bad_record"
 AUTH_KEY_INVALID: Final = "auth_key_invalid"
 RATELIMIT_REJECTED: Final = "ratelimit_rejected"
+CACHE_STORE_UNAVAILABLE: Final = "cache_store_unavailable"
+CACHE_STORE_RESTORED: Final = "cache_store_restored"
 IP_REJECTED: Final = "ip_rejected"
 CONFIG_WATCH_STARTED: Final = "config_watch_started"
 CONFIG_WATCH_STOPPED: Final = "config_watch_stopped"
@@ -228,6 +241,8 @@ class _State:
     level: int = _LEVELS["info"]
     levels: Mapping[str, int] = {}
     json: bool = True
+    #: `logging.format: ecs | otel`: renames the fields of every JSON line; None for `json`.
+    mapper: Mapper | None = None
     access_enabled: bool = True
     #: Share of non-error access lines written (1.0: all).
     access_sample: float = 1.0
@@ -280,7 +295,8 @@ def configure(
     _State.sink = BufferedSink(out.fileno(), whole_lines=whole_lines)
     _State.level = _LEVELS[level]
     _State.levels = {name: _LEVELS[lvl] for name, lvl in (levels or {}).items()}
-    _State.json = fmt == "json"
+    _State.json = fmt != "console"
+    _State.mapper = MAPPERS.get(fmt)
     _State.access_enabled = access_log and _level_for(ACCESS_LOGGER) <= _LEVELS["info"]
     _State.access_sample = access_sample
     renderer: Processor
@@ -288,18 +304,21 @@ def configure(
         renderer = structlog.processors.JSONRenderer(serializer=orjson.dumps)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
-    _State.processors = _processors(renderer)
+    _State.processors = _processors(renderer, _State.mapper)
     _State.cache = {}
 
 
-def _processors(renderer: Processor) -> list[Processor]:
-    return [
+def _processors(renderer: Processor, mapper: Mapper | None = None) -> list[Processor]:
+    processors: list[Processor] = [
         _add_request_ids,
         structlog.processors.add_log_level,
         _timestamp,
         structlog.processors.format_exc_info,
-        renderer,
     ]
+    if mapper is not None:
+        processors.append(lambda _, __, event_dict: mapper(event_dict))
+    processors.append(renderer)
+    return processors
 
 
 def get_logger(name: str) -> Any:
@@ -340,7 +359,8 @@ def access(fields: dict[str, Any]) -> None:
         fields["level"] = "info"
         fields["logger"] = ACCESS_LOGGER
         fields["timestamp"] = _now_iso()
-        _State.sink.write(orjson.dumps(fields))
+        mapper = _State.mapper
+        _State.sink.write(orjson.dumps(fields if mapper is None else mapper(fields)))
     else:
         get_logger(ACCESS_LOGGER).info(REQUEST, **fields)
 

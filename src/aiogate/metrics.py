@@ -20,14 +20,23 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 
+# `*_created` series (one per counter and histogram child) double the series count for a value
+# nobody graphs; the switch must be thrown before the first metric below is created.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
 __all__ = [
     "ACTIVE_CONNECTIONS",
+    "WEBSOCKET_CONNECTIONS",
     "AUTH_FAILURES",
     "BACKEND_HEALTHY",
     "BUILD_INFO",
+    "CACHE_BYTES",
+    "CACHE_EVICTIONS",
+    "CACHE_REQUESTS",
     "TLS_HANDSHAKE_FAILURES",
     "CIRCUIT_STATE",
     "CIRCUIT_TRANSITIONS",
@@ -81,6 +90,12 @@ UPSTREAM_DURATION: Final = Histogram(
 ACTIVE_CONNECTIONS: Final = Gauge(
     "aiogate_active_connections",
     "Client connections open on the proxy listener.",
+    multiprocess_mode="livesum",
+)
+WEBSOCKET_CONNECTIONS: Final = Gauge(
+    "aiogate_websocket_connections",
+    "WebSocket connections open through the gateway, by route.",
+    ["route"],
     multiprocess_mode="livesum",
 )
 CONNECTIONS_REFUSED: Final = Counter(
@@ -192,6 +207,23 @@ DISCOVERY_UP: Final = Gauge(
     "aiogate_discovery_up",
     "1 while every discovery source (etcd watch) is connected, 0 while one is retrying.",
     multiprocess_mode="livemin",
+)
+
+CACHE_REQUESTS: Final = Counter(
+    "aiogate_cache_requests_total",
+    "Requests on routes with a response cache, by route and result (hit, miss, bypass).",
+    ["route", "result"],
+)
+CACHE_EVICTIONS: Final = Counter(
+    "aiogate_cache_evictions_total",
+    "Fresh entries the memory cache dropped to stay within its bounds, by route.",
+    ["route"],
+)
+CACHE_BYTES: Final = Gauge(
+    "aiogate_cache_bytes",
+    "Bytes held by a route's memory cache (bodies and headers).",
+    ["route"],
+    multiprocess_mode="livesum",
 )
 
 

@@ -211,6 +211,8 @@ class Reloader:
                     asyncio.get_running_loop().time(),
                     replacing=new.upstream_states,
                 )
+                if old.host is not None:  # the host view drives the running one again
+                    old.host.attach(old.upstream_states)
             if not isinstance(exc, Exception):
                 raise
             return f"{self._path}: {exc}"

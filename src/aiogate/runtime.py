@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .auth import AuthServices
+from .cache import CachePlan
 from .config import GatewayConfig
 from .iprules import IpRulesPlan
 from .metrics import RECORDER, set_build_info
-from .netmatch import NetworkSet
+from .netmatch import NetworkSet, parse_ip
 from .ratelimit import RateLimitPlan
 from .redisconn import make_redis
 from .router import ConditionalRouter, Router
@@ -30,6 +32,9 @@ from .upstream.pool import UpstreamPool
 from .upstream.retry import RetryBudget
 from .upstream.state import StateRegistry
 
+if TYPE_CHECKING:
+    from .hostview.link import HostLink
+
 __all__ = ["CompiledRoute", "Runtime", "RuntimeHolder"]
 
 # Shared by every Runtime: the labelled metric children outlive a reload.
@@ -40,10 +45,20 @@ class Runtime:
     """Everything a request needs, built from one validated config."""
 
     def __init__(
-        self, config: GatewayConfig, *, generation: int = 1, previous: Runtime | None = None
+        self,
+        config: GatewayConfig,
+        *,
+        generation: int = 1,
+        previous: Runtime | None = None,
+        host: HostLink | None = None,
     ) -> None:
         self.config = config
         self.generation = generation
+        #: A worker's link to the supervisor's host view (`workers > 1`), handed on to every
+        #: later Runtime: the host then checks health and judges outcomes, not this process.
+        if host is None and previous is not None:
+            host = previous.host
+        self.host: HostLink | None = host
         self.recorder = _RECORDER
         set_build_info()
         #: None when tracing is off: then nothing on the request path touches OpenTelemetry.
@@ -62,7 +77,7 @@ class Runtime:
         #: Shared by every Redis-backed feature of this Runtime; None without `redis:`.
         self.redis = make_redis(config.redis) if config.redis is not None else None
         # What is known about backends (health, ejections, circuits) carries over a reload.
-        self.upstream_states = StateRegistry()
+        self.upstream_states = StateRegistry(publish=self.host is None)
         self.upstream_states.adopt(
             config.upstreams,
             config.circuit_breaker,
@@ -74,7 +89,7 @@ class Runtime:
         self._health = [
             HealthChecker(self.pools[u.name], u.health_check, generation)
             for u in config.upstreams
-            if u.health_check is not None
+            if u.health_check is not None and self.host is None
         ]
         #: Verifiers, the JWKS client and its refresh task (started and closed with us).
         self.auth: AuthServices = AuthServices(
@@ -84,6 +99,10 @@ class Runtime:
         self.ratelimit = RateLimitPlan(config, self.redis)
         #: Global IP rules compiled once; each route's stage adds its own (None: no stage).
         self.ip_rules = IpRulesPlan(config.ip_rules)
+        #: Response cache stores; a route whose cache settings are unchanged keeps its store.
+        self.caches: CachePlan = CachePlan(
+            config.routes, self.redis, previous.caches if previous is not None else None
+        )
         services = Services(
             config=config,
             pools=self.pools,
@@ -94,6 +113,7 @@ class Runtime:
             recorder=self.recorder,
             tracing=self.tracing,
             claim_headers=claim_header_names(config.auth),
+            caches=self.caches,
         )
         routes: list[tuple[str, frozenset[str] | None, CompiledRoute]] = []
         for route in config.routes:
@@ -129,6 +149,8 @@ class Runtime:
             checker.start()
         await self.ratelimit.start()
         self.upstream_states.commit(self.generation, _now())
+        if self.host is not None:
+            self.host.attach(self.upstream_states)
 
     def enter(self) -> None:
         self._in_flight += 1
@@ -188,6 +210,11 @@ class Runtime:
         for hop in reversed([h.strip() for h in incoming.split(",")]):
             if not hop:
                 continue
+            if parse_ip(hop) is None:
+                # Not an address (`<script>`, `1.2.3.4;proto=https`, `unknown`): the chain
+                # cannot be believed past it, so the client is the last hop reached. Its value
+                # would otherwise be the rate-limit key, the IP-rules input and the log's IP.
+                break
             client = hop
             if not self._is_trusted(hop):
                 break

@@ -33,6 +33,8 @@ from .pathnorm import InvalidPath, normalize_path
 from .requestcheck import check_request_head
 from .requestid import request_id_from
 from .runtime import Runtime, RuntimeHolder
+from .tunnel import TunnelResponse
+from .websocket import is_websocket_request
 
 __all__ = ["GatewayServer"]
 
@@ -118,6 +120,7 @@ class GatewayServer:
             forwarded_for=forwarded_for,
             started=started,
             via_trusted_proxy=via_trusted_proxy,
+            websocket=is_websocket_request(request),
         )
         tracing = runtime.tracing
         if tracing is not None:
@@ -154,8 +157,21 @@ class GatewayServer:
             )
             runtime.recorder.error(InternalError.code)
             response = render_error(InternalError("internal gateway error"), request_id)
+        if isinstance(response, TunnelResponse):
+            # A WebSocket: recorded when it ends, with its duration and bytes.
+            tunnel = response
+            tunnel.on_end = lambda: self._record_tunnel(runtime, ctx, tunnel)
+            return tunnel
         self._record(runtime, ctx, response.status, now=time.perf_counter())
         return response
+
+    @classmethod
+    def _record_tunnel(
+        cls, runtime: Runtime, ctx: RequestContext, response: TunnelResponse
+    ) -> None:
+        ctx.bytes_in = response.tunnel.bytes_in
+        ctx.bytes_out = response.tunnel.bytes_out
+        cls._record(runtime, ctx, 101, now=time.perf_counter())
 
     @staticmethod
     def _record(runtime: Runtime, ctx: RequestContext, status: int, *, now: float) -> None:

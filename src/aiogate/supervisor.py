@@ -5,6 +5,10 @@ Each worker is `python -m aiogate run` in worker mode: it binds the proxy port w
 the parent owns, exactly as a single process would speak to systemd. The parent aggregates those
 messages for systemd, runs the admin listener (metrics aggregated through prometheus_client's
 multiprocess mode), forwards SIGHUP/SIGTERM, and restarts a worker that dies.
+
+It also owns the host view (hostview/, ADR 0017): the host's one opinion of every backend.
+Active health checks and discovery run here, once per host; workers follow the result over a
+Unix socket and report their attempts' outcomes, which the host's breakers judge.
 """
 
 from __future__ import annotations
@@ -24,12 +28,15 @@ from aiohttp import web
 from . import log, sdnotify
 from .admin import ReloadOutcome, make_admin_app
 from .config import ConfigError, ConfigIssue, GatewayConfig, load_config, loaded_source
+from .discovery import Discovery
+from .hostview.host import HostView
+from .listeners import ListenError, start_site
 from .metrics import CONFIG_RELOADS, config_loaded
 from .reload import configure_logging
 from .tasks import TaskSet
 from .watch import ConfigWatcher
 from .watchdog import WATCHDOG_USEC, Watchdog, pinging_worker, watchdog_timeout
-from .worker_env import WORKER_ENV
+from .worker_env import HOSTVIEW_ENV, WORKER_ENV
 
 __all__ = ["Supervisor"]
 
@@ -85,6 +92,10 @@ class Supervisor:
         #: When each worker (by pid) last pinged its watchdog. A worker is watched from its
         #: first ping on (it pings once serving), as systemd watches a service once it is ready.
         self._pings: dict[int, float] = {}
+        #: The host's backend state, health checks and breakers; workers follow it.
+        self._host = HostView(self._dir / "hostview.sock")
+        #: Discovery runs here only; the host view sends the workers what it found.
+        self._discovery = Discovery()
 
     # -- AdminController -------------------------------------------------------------------
     @property
@@ -161,7 +172,26 @@ class Supervisor:
         self._accepted_file = raw is None
         config_loaded(text)
         configure_logging(config)
+        self._discovery.applied(config)
+        self._host.apply(self._discovery.apply(config), self._found())
         return ReloadOutcome(True, self._generation)
+
+    async def rebuild(self, reason: str) -> ReloadOutcome:
+        """Discovery found a changed backend set: the host view follows it and sends it to the
+        workers, which merge it into their config and rebuild as they would for a reload."""
+        del reason
+        self._host.apply(self._discovery.apply(self._config), self._found())
+        return ReloadOutcome(True, self._generation)
+
+    def _found(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        return {
+            name: tuple((b.url, b.weight) for b in backends)
+            for name, backends in self._discovery.found().items()
+        }
+
+    def upstreams_document(self) -> dict[str, object]:
+        """`GET /admin/upstreams`: the host view, in the single process's document shape."""
+        return {"generation": self._generation, **self._host.document()}
 
     async def _ask_workers(
         self, processes: list[asyncio.subprocess.Process]
@@ -259,22 +289,19 @@ class Supervisor:
         # otherwise every worker would die on bind and be restarted forever.
         _check_bindable(self._config.server.host, self._config.server.port)
         self._accept_loaded()
-        notify_path = str(self._dir / "notify.sock")
-        notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify_sock.bind(notify_path)
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _NotifyProtocol(self), sock=notify_sock
-        )
+        notify_path, transport = await self._open_notify_socket(loop)
+        await self._start_host_view()
         env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+        env[HOSTVIEW_ENV] = str(self._host.socket_path)
         env.pop("WATCHDOG_PID", None)  # systemd's is ours; a worker pings us instead
         watchdog = None
         if self._watchdog_timeout is not None:
             env[WATCHDOG_USEC] = str(int(self._watchdog_timeout * 1_000_000))
             watchdog = Watchdog(self._watchdog_timeout, self._workers_alive)
             watchdog.start()
-        admin = web.AppRunner(make_admin_app(self), access_log=None)
+        admin = web.AppRunner(make_admin_app(self, self.upstreams_document), access_log=None)
         await admin.setup()
-        await web.TCPSite(admin, self._config.admin.host, self._config.admin.port).start()
+        await start_site(admin, self._config.admin.host, self._config.admin.port)
         for index in range(self._count):
             self._spawn_in_background(index, env, delay=0.0)
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
@@ -310,6 +337,7 @@ class Supervisor:
                 if process.returncode is None:
                     process.kill()
         await self._tasks.cancel()
+        await self._stop_host_view()
         if watchdog is not None:
             await watchdog.stop()
         await admin.cleanup()
@@ -317,6 +345,27 @@ class Supervisor:
         logger.info(log.SHUTDOWN_COMPLETE)
         log.flush()
         return 0
+
+    async def _open_notify_socket(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> tuple[str, asyncio.DatagramTransport]:
+        notify_path = str(self._dir / "notify.sock")
+        notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify_sock.bind(notify_path)
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _NotifyProtocol(self), sock=notify_sock
+        )
+        return notify_path, transport
+
+    async def _start_host_view(self) -> None:
+        """Discovery's first read, then the host view (workers connect to it as they start)."""
+        await self._discovery.start(self._config)
+        self._discovery.attach(self)
+        await self._host.start(self._discovery.apply(self._config), self._found())
+
+    async def _stop_host_view(self) -> None:
+        await self._discovery.close()
+        await self._host.close()
 
     def _workers_alive(self) -> bool:
         """The supervisor's watchdog tick: a worker silent for a whole watchdog timeout has a
@@ -375,7 +424,10 @@ def _check_bindable(host: str, port: int) -> None:
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            raise ListenError(host, port, exc) from exc
 
 
 def _forget_worker_metrics(pid: int | None) -> None:

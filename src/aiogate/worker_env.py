@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["WORKER_ENV"]
+__all__ = ["HOSTVIEW_ENV", "WORKER_ENV"]
 
 #: Set by the supervisor in each worker's environment (the worker's index).
 WORKER_ENV: Final = "AIOGATE_WORKER_ID"
+
+#: Set by the supervisor in each worker's environment: the Unix socket of the host view.
+HOSTVIEW_ENV: Final = "AIOGATE_HOSTVIEW_SOCKET"

@@ -172,6 +172,11 @@ class _Handler(socketserver.BaseRequestHandler):
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
             )
             return True
+        if path.startswith("/server"):
+            sock.sendall(
+                b"HTTP/1.1 200 OK\r\nServer: rawbackend/1.0\r\nContent-Length: 2\r\n\r\nok"
+            )
+            return True
         if path.startswith("/notype"):
             sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
             return True

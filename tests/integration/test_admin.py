@@ -15,7 +15,7 @@ from gwconfigs import wide_config
 from wire import connect, read_reply, request
 
 TOKEN = "admin-token-s3cret-value"
-JWT_SECRET = "jwt-secret-never-shown"
+JWT_SECRET = "jwt-secret-never-shown-0123456789abcdef"
 API_KEY = "api-key-never-shown"
 
 

@@ -8,11 +8,12 @@ import re
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
 from backend import BackendThread
-from gateway import ROOT, free_port
+from gateway import ROOT, Gateway, free_port
 from gwconfigs import basic_config
 from yaml_dump import dump
 
@@ -157,34 +158,81 @@ def test_run_on_a_taken_port_exits_1(backends: BackendThread, tmp_path: Path, wo
         result = run_cli("run", "-c", str(path))
     assert result.returncode == 1
     (line,) = result.stderr.splitlines()
-    assert line.startswith("aiogate: cannot start: ")
+    assert line.startswith(f"aiogate: cannot start: cannot listen on 127.0.0.1:{port}: ")
     assert "Address already in use" in line
     no_traceback(result)
 
 
-def test_run_on_a_taken_admin_port_exits_1(backends: BackendThread, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_run_on_a_taken_admin_port_exits_1(
+    backends: BackendThread, tmp_path: Path, workers: int
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         config = basic_config(
             backends,
-            server={"listen": f"127.0.0.1:{free_port()}"},
+            server={"listen": f"127.0.0.1:{free_port()}", "workers": workers},
             admin={"listen": f"127.0.0.1:{port}"},
         )
         path = tmp_path / "busy.yaml"
         path.write_text(dump(config))
         result = run_cli("run", "-c", str(path))
     assert result.returncode == 1
-    assert "cannot start" in result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"aiogate: cannot start: cannot listen on 127.0.0.1:{port}: ")
+    assert "Address already in use" in line
     no_traceback(result)
 
 
-def test_the_reference_config_passes_check() -> None:
+def test_listen_without_a_host_serves_every_ipv4_interface(
+    backends: BackendThread, tmp_path: Path
+) -> None:
+    """`listen: ":PORT"` binds 0.0.0.0: the gateway answers on 127.0.0.1 (and any other)."""
+    port = free_port()
+    gw = Gateway(basic_config(backends, server={"listen": f":{port}"}), tmp_path).start()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/users", timeout=5) as resp:
+            assert resp.status == 200
+        (started,) = gw.wait_event("gateway_started")
+        assert started["listen"] == f":{port}"
+    finally:
+        gw.stop()
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIOGATE_", "JWT_", "DEMO_"))}
-    result = run_cli("check", "-c", "etc/aiogate.yaml", env=env)
+    return {**env, **extra}
+
+
+@pytest.mark.parametrize(
+    ("config", "required"),
+    [
+        (
+            "etc/aiogate.yaml",
+            {"AIOGATE_UPSTREAM_URL": "http://127.0.0.1:9", "JWT_SECRET": "x" * 32},
+        ),
+        ("deploy/demo/aiogate.yaml", {"JWT_SECRET": "x" * 32, "DEMO_API_KEY": "k" * 20}),
+    ],
+)
+def test_shipped_configs_hold_no_secret(config: str, required: dict[str, str]) -> None:
+    """They pass `check` with their secrets in the environment, and not without: there is no
+    published default to fall back on."""
+    result = run_cli("check", "-c", config, env=_clean_env(**required))
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+    for name in required:
+        missing = {k: v for k, v in required.items() if k != name}
+        result = run_cli("check", "-c", config, env=_clean_env(**missing))
+        assert result.returncode == 1
+        assert f"environment variable {name} is not set" in result.stderr
+
+
+def test_the_install_template_is_the_packaged_example() -> None:
+    """etc/aiogate.yaml and `aiogate example-config` are one file."""
+    example = run_cli("example-config")
+    assert example.stdout == (ROOT / "etc" / "aiogate.yaml").read_text()
 
 
 # -- systemd unit -----------------------------------------------------------------------------

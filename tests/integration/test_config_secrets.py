@@ -16,7 +16,7 @@ from gwconfigs import basic_config
 from wire import request
 
 ADMIN_TOKEN = "cred-admin-token-7f3a"
-JWT_SECRET = "file-jwt-secret-91bc"
+JWT_SECRET = "file-jwt-secret-91bc-0123456789abcdef"
 URL_USER, URL_PASSWORD, QUERY_PASSWORD = "jwks-user-e1", "jwks-pw-e2", "jwks-qpass-e3"
 BEARER, API_KEY = "upstream-bearer-c4", "upstream-apikey-d5"
 NEVER_SHOWN = (ADMIN_TOKEN, JWT_SECRET, URL_USER, URL_PASSWORD, QUERY_PASSWORD, BEARER, API_KEY)
@@ -87,10 +87,10 @@ def test_secrets_from_files_and_credentials_work_and_are_never_shown(
         )
 
         # A reload (which re-reads the files) logs no secret either.
-        (tmp_path / "secrets" / "jwt").write_text("rotated-jwt-secret-f6\n")
+        (tmp_path / "secrets" / "jwt").write_text("rotated-jwt-secret-f6-0123456789abcdef\n")
         assert request(gw.admin_port, "POST", "/admin/reload", bearer).status == 200
         gw.wait_event("config_reloaded")
-        rotated = hs256("rotated-jwt-secret-f6", {"sub": "alice"})
+        rotated = hs256("rotated-jwt-secret-f6-0123456789abcdef", {"sub": "alice"})
         assert (
             request(gw.port, "GET", "/private", [("Authorization", f"Bearer {rotated}")]).status
             == 200
@@ -98,5 +98,5 @@ def test_secrets_from_files_and_credentials_work_and_are_never_shown(
     finally:
         gw.stop()
     logs = "\n".join(gw.lines + gw.stderr)
-    for secret in (*NEVER_SHOWN, "rotated-jwt-secret-f6"):
+    for secret in (*NEVER_SHOWN, "rotated-jwt-secret-f6-0123456789abcdef"):
         assert secret not in logs, secret

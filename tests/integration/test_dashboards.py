@@ -20,6 +20,8 @@ from needs import needs_tool
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "aiogate.json"
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yaml"
+RUNBOOK = "https://github.com/aiogate/aiogate/blob/main/docs/operations.md"
+NO_BACKEND = "503-no_healthy_backend-or-a-circuit-is-open"
 _METRIC = re.compile(r"\baiogate_[a-z0-9_]+")
 _SUFFIXES = ("_bucket", "_count", "_sum")
 
@@ -92,6 +94,28 @@ def test_alert_rules_parse_and_reference_real_metrics(live: Scrape) -> None:
     _check_names([r["expr"] for r in alerts.values()], live)
 
 
+def _github_anchors(markdown: str) -> set[str]:
+    """The anchors GitHub gives a file's headings (lower case, punctuation dropped)."""
+    anchors = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", markdown, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        anchors.add(slug)
+    return anchors
+
+
+def test_every_alert_links_its_runbook_section() -> None:
+    text = ALERTS.read_text()
+    (base,) = re.findall(r"^# runbook base: (\S+)$", text, re.M)
+    assert base.startswith("https://")
+    anchors = _github_anchors((ROOT / "docs" / "operations.md").read_text())
+    rules = YAML(typ="safe").load(text)
+    for rule in (r for g in rules["groups"] for r in g["rules"]):
+        url = rule["annotations"]["runbook_url"]
+        page, _, anchor = url.partition("#")
+        assert page == base, rule["alert"]  # the one base the header comment names
+        assert anchor in anchors, f"{rule['alert']}: no section #{anchor} in docs/operations.md"
+
+
 @needs_tool("promtool", "prometheus")
 def test_alert_rules_pass_promtool() -> None:
     result = subprocess.run(
@@ -140,7 +164,7 @@ def test_alert_rules_fire_in_promtool_unit_test(tmp_path: Path) -> None:
                                 "exp_labels": {"job": "gw", "severity": "critical"},
                                 "exp_annotations": {
                                     "summary": "aiogate gw: 33.33% of responses are 5xx",
-                                    "runbook": "docs/operations.md",
+                                    "runbook_url": f"{RUNBOOK}#many-5xx-responses",
                                 },
                             }
                         ],
@@ -157,7 +181,8 @@ def test_alert_rules_fire_in_promtool_unit_test(tmp_path: Path) -> None:
                                     "severity": "warning",
                                 },
                                 "exp_annotations": {
-                                    "summary": "circuit open for backend http://b:1 of upstream u"
+                                    "summary": "circuit open for backend http://b:1 of upstream u",
+                                    "runbook_url": f"{RUNBOOK}#{NO_BACKEND}",
                                 },
                             }
                         ],

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -56,6 +57,12 @@ def _yaml(path: Path) -> Any:
 
 def _all_yaml(path: Path) -> list[Any]:
     return list(YAML(typ="safe").load_all(path.read_text()))
+
+
+def _replaced(placeholders: dict[str, str]) -> dict[str, str]:
+    """Random values for a Secret's `REPLACE-WITH-...` placeholders, as a user would set."""
+    assert all(value.startswith("REPLACE-WITH-") for value in placeholders.values())
+    return {name: secrets.token_hex(32) for name in placeholders}
 
 
 def _check_config(text: str, tmp_path: Path, env: dict[str, str]) -> None:
@@ -132,7 +139,10 @@ def test_dockerignore_admits_every_copied_file() -> None:
 def test_example_config_in_the_image_passes_check(tmp_path: Path) -> None:
     """The values the Dockerfile's build-time `aiogate check` uses."""
     text = (ROOT / "src" / "aiogate" / "data" / "aiogate.example.yaml").read_text()
-    env = {"AIOGATE_UPSTREAM_URL": "http://127.0.0.1:9", "JWT_SECRET": "build-time-check-only"}
+    env = {
+        "AIOGATE_UPSTREAM_URL": "http://127.0.0.1:9",
+        "JWT_SECRET": "build-time-check-only-not-a-real-secret",
+    }
     _check_config(text, tmp_path, {**env, "AIOGATE_ADMIN_LISTEN": "0.0.0.0:9901"})
 
 
@@ -161,7 +171,7 @@ def test_compose_services_and_mounts(tmp_path: Path) -> None:
     assert prometheus["scrape_configs"][0]["static_configs"][0]["targets"] == ["gateway:9901"]
     assert prometheus["rule_files"] == ["/etc/prometheus/alerts.yaml"]
     config = (ROOT / "deploy" / "compose" / "aiogate" / "aiogate.yaml").read_text()
-    _check_config(config, tmp_path, {"JWT_SECRET": "compose"})
+    _check_config(config, tmp_path, {"JWT_SECRET": "compose-" + "0" * 32})
 
 
 # -- Kubernetes ------------------------------------------------------------------------------
@@ -205,9 +215,10 @@ def test_deployment_probes_resources_and_reload(tmp_path: Path) -> None:
     assert config["reload"]["watch"] is True
     assert config["admin"]["listen"] == "0.0.0.0:9901"
     assert pod["terminationGracePeriodSeconds"] > 30  # server.shutdown_timeout
-    # It loads with the Secret's keys and the Deployment's env.
+    # It loads with the Secret's keys (once their placeholders are replaced, which `check`
+    # insists on) and the Deployment's env.
     env = {item["name"]: item["value"] for item in container["env"]}
-    env.update(_yaml(K8S / "secret.yaml")["stringData"])
+    env.update(_replaced(_yaml(K8S / "secret.yaml")["stringData"]))
     _check_config(config_text, tmp_path, env)
 
 
@@ -264,7 +275,8 @@ def test_helm_values_config_passes_check(tmp_path: Path) -> None:
     # toYaml of `config:` is what the ConfigMap holds; a YAML dump of it is the same document.
     buffer = io.StringIO()
     YAML(typ="safe").dump(values["config"], buffer)
-    _check_config(buffer.getvalue(), tmp_path, {**values["env"], **values["secret"]["values"]})
+    secret_values = _replaced(values["secret"]["values"])
+    _check_config(buffer.getvalue(), tmp_path, {**values["env"], **secret_values})
 
 
 # -- the wheel -------------------------------------------------------------------------------

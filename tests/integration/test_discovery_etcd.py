@@ -288,3 +288,22 @@ async def test_a_burst_of_registrations_is_applied_together(
         assert len(merged.upstream_by_name("svc").backends) == 5
     finally:
         await discovery.close()
+
+
+def test_with_workers_discovery_runs_once_per_host(
+    etcd_server: EtcdServer, pool: BackendThread, make_gateway: Callable[..., Gateway]
+) -> None:
+    """`workers: 2`: the supervisor watches etcd and sends the workers what it found."""
+    settings = config(etcd_server.url)
+    settings["server"] = {"workers": 2, "shutdown_timeout": "5s"}
+    gw = make_gateway(settings)
+    etcd_server.put(f"{PREFIX}d1", pool.url("d1"))
+    becomes(gw, {"d1"})  # each request on a new connection: both workers follow
+    etcd_server.put(f"{PREFIX}d2", pool.url("d2"))
+    becomes(gw, {"d1", "d2"})
+    etcd_server.delete(f"{PREFIX}d1")
+    becomes(gw, {"d2"})
+    removal_logged(gw, pool.url("d1"))
+    # One watcher for the host (the supervisor's), not one per worker.
+    assert len(gw.events("discovery_connected")) == 1
+    assert len([c for c in gw.events("discovery_backends_changed") if c["removed"]]) == 1

@@ -16,7 +16,7 @@ import pytest
 from backend import BackendThread
 from gateway import Gateway
 from gwconfigs import wide_config
-from wire import assert_gateway_error, exchange, new_id, request, seen_with
+from wire import access_line, assert_gateway_error, exchange, new_id, request, seen_with
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "auth"))
 from keys import SECRET, claims, token
@@ -183,6 +183,32 @@ def test_trusted_proxy_values_are_kept_and_appended(
         headers = received(backends, rid)
         assert values(headers, "X-Real-IP") == ["198.51.100.7"]
         assert values(headers, "Forwarded") == ["for=127.0.0.1;proto=http;host=gw.test"]
+    finally:
+        gateway.stop()
+
+
+def test_malformed_values_from_a_trusted_proxy_are_not_believed(
+    backends: BackendThread, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A trusted hop is believed only for well-formed values: garbage there would otherwise
+    become the client IP (rate-limit key, IP rules, logs) or reach the upstream unchecked."""
+    gateway = start(backends, tmp_path_factory, trusted_proxies=["127.0.0.1"])
+    try:
+        reply, rid = send(
+            gateway,
+            "/api/users",
+            ("X-Forwarded-For", "1.2.3.4;proto=https, <script>"),
+            ("X-Real-IP", "evil"),
+            ("X-Forwarded-Proto", "javascript"),
+            ("X-Forwarded-Host", "evil.example/x?"),
+        )
+        assert reply.status == 200
+        headers = received(backends, rid)
+        assert values(headers, "X-Real-IP") == ["127.0.0.1"]
+        assert values(headers, "X-Forwarded-Proto") == ["http"]
+        assert values(headers, "X-Forwarded-Host") == ["gw.test"]
+        line = access_line(gateway, rid)
+        assert line["client_ip"] == "127.0.0.1"
     finally:
         gateway.stop()
 

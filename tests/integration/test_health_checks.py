@@ -7,7 +7,9 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pytest
 from ctlbackend import CtlGroup, ctl_group_fixtures
 from gateway import Gateway, wait_until
 from pool_support import backend_of, backend_view, call, pool_config
@@ -95,6 +97,28 @@ def test_script_check(
     assert gw.events("health_check_output")  # the script's output goes to the log
     flag.touch()
     gw.wait_event("backend_health_changed", 2, timeout=5)
+
+
+@pytest.mark.parametrize("inherit", [False, True])
+def test_script_check_environment(
+    group: CtlGroup, make_gateway: Callable[..., Gateway], tmp_path: Path, inherit: bool
+) -> None:
+    """A script sees PATH, its `env` and AIOGATE_*; the gateway's secrets only on request."""
+    seen = tmp_path / "env"
+    script = f"env > {seen}.$$ && mv {seen}.$$ {seen}"
+    check: dict[str, Any] = {"type": "script", **FAST, "command": ["sh", "-c", script],
+                             "env": {"CHECK_MODE": "deep"}}  # fmt: skip
+    if inherit:
+        check["inherit_env"] = True
+    make_gateway(
+        pool_config(group, count=1, health_check=check), env={"JWT_SECRET": "s3cret-from-env"}
+    )
+    wait_until(seen.exists, 5, "a script check")
+    env = dict(line.split("=", 1) for line in seen.read_text().splitlines() if "=" in line)
+    assert env["CHECK_MODE"] == "deep"
+    assert env["AIOGATE_BACKEND_PORT"] == str(group[0].port)
+    assert "PATH" in env
+    assert ("JWT_SECRET" in env) is inherit
 
 
 def test_no_healthy_backend_is_503_at_once(

@@ -3,6 +3,7 @@ the config_reloaded diff summary."""
 
 from __future__ import annotations
 
+import json
 import signal
 import urllib.error
 import urllib.request
@@ -81,6 +82,7 @@ def test_lines_while_serving_carry_request_and_trace_ids(
     config = guarded_config(
         backends,
         tracing={"enabled": True, "endpoint": receiver.endpoint, "export_interval": "50ms"},
+        logging={"level": "info", "levels": {"aiogate.ratelimit": "debug"}},
     )
     gw = make_gateway(config)
     status, request_id = call(gw, "/private")
@@ -171,3 +173,59 @@ def test_logger_levels_change_on_reload_and_diff_summary(
     status, loud = call(gw, "/private")
     assert status == 401
     assert line_of(gw, "auth_failed", loud)["level"] == "info"
+
+
+def test_a_429_logs_one_line(backends: BackendThread, make_gateway: Callable[..., Gateway]) -> None:
+    """At the default level a refused request writes its access line and nothing else."""
+    gw = make_gateway(guarded_config(backends))
+    assert call(gw, "/limited")[0] == 200
+    status, request_id = call(gw, "/limited")
+    assert status == 429
+    access = line_of(gw, "request", request_id)
+    assert access["status"] == 429
+    # A stage's line would have been written before the access line: none is there.
+    assert [e["event"] for e in gw.events() if e.get("request_id") == request_id] == ["request"]
+
+
+@pytest.mark.parametrize("fmt", ["ecs", "otel"])
+def test_ecs_and_otel_field_names(
+    backends: BackendThread, make_gateway: Callable[..., Gateway], fmt: str
+) -> None:
+    """`logging.format: ecs | otel`: the daemon's lines use that schema's field names."""
+    config = basic_config(backends, logging={"level": "info", "format": fmt})
+    gw = make_gateway(config)
+    status, request_id = call(gw, "/api/users/1")
+    assert status == 200
+
+    def access_line() -> dict[str, Any] | None:
+        for line in list(gw.lines):
+            record = json.loads(line)
+            ids = (
+                record.get("http.request.id"),
+                record.get("Attributes", {}).get("aiogate.request_id"),
+            )
+            if request_id in ids:
+                return dict(record)
+        return None
+
+    wait_until(lambda: access_line() is not None, what="the access line")
+    line = access_line()
+    assert line is not None
+    if fmt == "ecs":
+        assert (line["message"], line["http.request.method"], line["url.path"]) == (
+            "request",
+            "GET",
+            "/api/users/1",
+        )
+        assert line["http.response.status_code"] == 200
+        assert line["client.ip"] == "127.0.0.1"
+        assert isinstance(line["event.duration"], int)
+    else:
+        attributes = line["Attributes"]
+        assert (line["Body"], line["SeverityText"]) == ("request", "INFO")
+        assert (attributes["http.request.method"], attributes["url.path"]) == (
+            "GET",
+            "/api/users/1",
+        )
+        assert attributes["http.response.status_code"] == 200
+        assert attributes["client.address"] == "127.0.0.1"

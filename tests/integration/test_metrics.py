@@ -193,3 +193,5 @@ def test_metrics_endpoint_is_prometheus_text(
     ):  # fmt: skip
         assert f"# TYPE {name} " in text, name
     json.dumps(text)  # plain text, no binary
+    # No `*_created` timestamps: a series per counter and histogram child nobody graphs.
+    assert "_created" not in text

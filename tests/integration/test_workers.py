@@ -50,6 +50,8 @@ def workers_gw(
     config = basic_config(backends, server={"workers": 2, "shutdown_timeout": "5s"})
     gw = Gateway(config, tmp_path_factory.mktemp("workers")).start()
     wait_until(lambda: len(serving_pids(gw)) == 2, 10, "both workers serving")
+    # The parent logs its start once both workers are ready: its line can come a flush later.
+    wait_until(lambda: len(gw.events("gateway_started")) == 3, 10, "the parent's start line")
     yield gw
     gw.stop()
 

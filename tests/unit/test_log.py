@@ -80,6 +80,81 @@ def test_access_lines_can_be_switched_off(out: TextIO, settings: dict[str, Any])
     assert lines(out) == []
 
 
+ACCESS = {"request_id": "r9", "method": "POST", "path": "/api/users", "route": "/api/users",
+          "status": 201, "duration_ms": 1.5, "upstream": "users", "backend": "http://b:1",
+          "client_ip": "192.0.2.7", "consumer": "alice", "bytes_in": 10, "bytes_out": 20,
+          "trace_id": "0af7651916cd43dd8448eb211c80319c"}  # fmt: skip
+
+
+def test_default_access_line_is_byte_for_byte_unchanged(out: TextIO) -> None:
+    """`format: json` (the default): the fields in order, then event, level, logger, time."""
+    log.configure(stream=out)
+    log.access(dict(ACCESS))
+    (line,) = lines(out)
+    stamp = json.loads(line)["timestamp"]
+    expected = (
+        '{"request_id":"r9","method":"POST","path":"/api/users","route":"/api/users",'
+        '"status":201,"duration_ms":1.5,"upstream":"users","backend":"http://b:1",'
+        '"client_ip":"192.0.2.7","consumer":"alice","bytes_in":10,"bytes_out":20,'
+        '"trace_id":"0af7651916cd43dd8448eb211c80319c","event":"request","level":"info",'
+        f'"logger":"aiogate.access","timestamp":"{stamp}"}}'
+    )
+    assert line == expected
+
+
+def test_ecs_field_names(out: TextIO) -> None:
+    log.configure(fmt="ecs", stream=out)
+    log.access(dict(ACCESS))
+    log.get_logger("aiogate.test").warning("thing_happened", answer=42)
+    access, event = records(out)
+    assert TIMESTAMP.fullmatch(access["@timestamp"])
+    assert access["ecs.version"]
+    assert access["log.level"] == "info"
+    assert access["log.logger"] == "aiogate.access"
+    assert access["message"] == access["event.action"] == "request"
+    assert access["http.request.method"] == "POST"
+    assert access["url.path"] == "/api/users"
+    assert access["http.response.status_code"] == 201
+    assert access["event.duration"] == 1_500_000  # nanoseconds
+    assert access["client.ip"] == "192.0.2.7"
+    assert access["trace.id"] == ACCESS["trace_id"]
+    assert access["http.request.id"] == "r9"
+    assert access["user.name"] == "alice"
+    assert access["aiogate.route"] == "/api/users"
+    assert access["aiogate.upstream"] == "users"
+    assert not {"event", "level", "timestamp", "status", "path"} & access.keys()
+    assert (event["message"], event["log.level"], event["aiogate.answer"]) == (
+        "thing_happened",
+        "warning",
+        42,
+    )
+
+
+def test_otel_field_names(out: TextIO) -> None:
+    log.configure(fmt="otel", stream=out)
+    log.access(dict(ACCESS))
+    log.get_logger("aiogate.test").error("thing_failed", answer=42)
+    access, event = records(out)
+    assert int(access["Timestamp"]) > 1_600_000_000 * 10**9  # nanoseconds since the epoch
+    assert (access["SeverityText"], access["SeverityNumber"]) == ("INFO", 9)
+    assert access["Body"] == "request"
+    assert access["TraceId"] == ACCESS["trace_id"]
+    assert access["InstrumentationScope"] == {"Name": "aiogate.access"}
+    attributes = access["Attributes"]
+    assert attributes["http.request.method"] == "POST"
+    assert attributes["url.path"] == "/api/users"
+    assert attributes["http.route"] == "/api/users"
+    assert attributes["http.response.status_code"] == 201
+    assert attributes["client.address"] == "192.0.2.7"
+    assert attributes["aiogate.request_id"] == "r9"
+    assert attributes["aiogate.duration_ms"] == 1.5
+    assert (event["Body"], event["SeverityNumber"], event["Attributes"]["aiogate.answer"]) == (
+        "thing_failed",
+        17,
+        42,
+    )
+
+
 def test_console_format(out: TextIO) -> None:
     log.configure(fmt="console", stream=out)
     log.get_logger("aiogate.test").info("human_readable", key="value")

@@ -96,8 +96,12 @@ async def test_trusted_peer_edge_cases(runtime_factory: Callable[..., Runtime]) 
     assert runtime.client_address(request("10.0.0.1"))[:2] == ("10.0.0.1", "10.0.0.1")
     # a chain of only trusted hops: the leftmost one
     assert runtime.client_address(request("10.0.0.1", "10.0.0.2"))[0] == "10.0.0.2"
-    # garbage in the chain is not trusted, so it is "the client" (and never crashes)
-    assert runtime.client_address(request("10.0.0.1", "not-an-ip"))[0] == "not-an-ip"
+    # garbage in the chain stops the walk: the last address reached is the client (garbage is
+    # never the rate-limit key, the IP-rules input or the logged IP), and nothing crashes
+    assert runtime.client_address(request("10.0.0.1", "not-an-ip"))[0] == "10.0.0.1"
+    assert runtime.client_address(request("10.0.0.1", "<script>"))[0] == "10.0.0.1"
+    assert runtime.client_address(request("10.0.0.1", "1.2.3.4;proto=https"))[0] == "10.0.0.1"
+    assert runtime.client_address(request("10.0.0.1", "6.6.6.6, junk, 10.0.0.2"))[0] == "10.0.0.2"
     # empty hops are skipped
     assert runtime.client_address(request("10.0.0.1", "198.51.100.1, ,"))[0] == "198.51.100.1"
     # IPv6 peer in a trusted network

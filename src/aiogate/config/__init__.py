@@ -5,7 +5,7 @@
 """
 
 from ._discovery import ConsulDiscoveryConfig, DiscoveryConfig, EtcdDiscoveryConfig
-from ._route import JsonBodyTransform, PathRewrite, RequestTransform, ResponseTransform
+from ._route import CacheConfig, JsonBodyTransform, PathRewrite, RequestTransform, ResponseTransform
 from ._source import ConfigSourceConfig, EtcdConfigSource
 from ._upstream import FallbackResponseConfig, PassiveHealthConfig
 from .errors import ConfigError, ConfigIssue
@@ -50,6 +50,7 @@ __all__ = [
     "REDACTED",
     "AdminConfig",
     "ApiKeyConfig",
+    "CacheConfig",
     "ApiKeyEntry",
     "AuthConfig",
     "BackendConfig",

@@ -22,6 +22,7 @@ from ._base import (
     one_or_many,
     string_list,
 )
+from ._secrets import check_hmac_secret, check_not_published, published_sha256
 from .units import Duration, Size
 
 __all__ = ["ApiKeyConfig", "ApiKeyEntry", "AuthConfig", "JwtConfig", "public_key_type"]
@@ -123,6 +124,8 @@ class JwtConfig(Model):
                 )
         if self.public_key is not None and self.public_key_file is not None:
             fail("give either 'public_key' or 'public_key_file', not both", "public_key_file")
+        if self.secret is not None and HMAC_ALGORITHMS & set(self.algorithms):
+            check_hmac_secret(self.secret.get_secret_value(), "secret")
         return self
 
     def pem(self) -> bytes | None:
@@ -174,6 +177,10 @@ class ApiKeyEntry(Model):
             fail("needs 'key' or 'key_sha256'")
         if self.key is not None and not self.key.get_secret_value():
             fail("must not be empty", "key")
+        if self.key is not None:
+            check_not_published(self.key.get_secret_value(), "key")
+        if self.key_sha256 is not None and published_sha256(self.key_sha256):
+            fail("this is the digest of a key published in aiogate's documentation", "key_sha256")
         return self
 
     @property

@@ -98,7 +98,11 @@ def check_host(host: str) -> str:
 
 
 def split_host_port(listen: str) -> tuple[str, int]:
-    """Split ``host:port`` or ``[v6]:port``; raise ValueError with a human message."""
+    """Split ``host:port`` or ``[v6]:port``; raise ValueError with a human message.
+
+    ``:port`` means every IPv4 interface (``0.0.0.0``), as in nginx and Go; IPv6 as well
+    needs ``[::]:port``, which on Linux also accepts IPv4 unless ``net.ipv6.bindv6only`` is set.
+    """
     hint = "expected host:port, e.g. 0.0.0.0:8080 or [::1]:8080"
     if listen.startswith("["):
         host, sep, port_text = listen[1:].partition("]:")
@@ -110,8 +114,9 @@ def split_host_port(listen: str) -> tuple[str, int]:
             raise ValueError(f"invalid IPv6 address '{host}' in '{listen}'") from None
     else:
         host, sep, port_text = listen.rpartition(":")
-        if not sep or not host:
+        if not sep:
             raise ValueError(f"invalid listen address '{listen}' ({hint})")
+        host = host or "0.0.0.0"  # `:8080` asks for every (IPv4) interface
         if ":" in host:
             raise ValueError(f"invalid listen address '{listen}' (write IPv6 as [{host}]:port)")
         check_host(host)

@@ -97,6 +97,7 @@ def reference_issues(
             )
     issues += _route_overlaps([(i, route) for i, route in routes if i not in unmatched])
     issues += _auth_references(routes, sections)
+    issues += _cache_references(routes, sections)
     return issues
 
 
@@ -192,3 +193,13 @@ def _auth_references(
             (("auth", "api_key", "store"), "store 'redis' needs a top-level 'redis' section")
         )
     return issues
+
+
+def _cache_references(
+    routes: Sequence[tuple[int, RouteConfig]], sections: Sections
+) -> list[PathIssue]:
+    return [
+        (("routes", index, "cache", "store"), "store 'redis' needs a top-level 'redis' section")
+        for index, route in routes
+        if route.cache is not None and route.cache.store == "redis" and not sections.redis
+    ]

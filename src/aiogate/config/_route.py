@@ -32,6 +32,7 @@ from ._upstream import RetriesConfig
 from .units import Duration, Size
 
 __all__ = [
+    "CacheConfig",
     "CorsConfig",
     "HeaderTransform",
     "JsonBodyTransform",
@@ -404,6 +405,48 @@ def _check_path(path: str) -> str:
     return path
 
 
+#: Methods whose answers the cache may keep: the safe ones with a body worth keeping. A HEAD
+#: is answered from the GET entry; other methods change state and are never cached.
+_CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
+
+
+class CacheConfig(Model):
+    """A route's response cache (`cache:`): see docs/cache.md."""
+
+    #: Freshness of a response whose upstream gives none (no max-age, s-maxage or Expires).
+    ttl: Annotated[Duration, Field(gt=0)] = 30.0
+    methods: Methods = ("GET", "HEAD")
+    #: Request headers whose values are part of the key.
+    vary: HeaderNames = ()
+    store: Literal["memory", "redis"] = "memory"
+    #: Larger responses (and those of unknown length) pass through uncached.
+    max_entry_size: Annotated[Size, Field(gt=0)] = 1024 * 1024
+    #: Memory store: at most this many entries, and this many bytes, least recently used out.
+    max_entries: Annotated[int, Field(gt=0)] = 10_000
+    max_size: Annotated[Size, Field(gt=0)] = 64 * 1024 * 1024
+    #: Cache requests that carry credentials too, with the consumer in the key.
+    authenticated: bool = False
+
+    @field_validator("methods")
+    @classmethod
+    def _safe_methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for index, method in enumerate(value):
+            if method not in _CACHEABLE_METHODS:
+                fail(f"only GET and HEAD responses can be cached, not {method}", index)
+        return value
+
+    @field_validator("vary")
+    @classmethod
+    def _unique_vary(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(name.lower() for name in value))
+
+    @model_validator(mode="after")
+    def _entry_fits(self) -> CacheConfig:
+        if self.store == "memory" and self.max_entry_size > self.max_size:
+            fail("must not exceed max_size", "max_entry_size")
+        return self
+
+
 class RouteConfig(Model):
     name: str | None = Field(default=None, min_length=1)
     path: str
@@ -427,6 +470,10 @@ class RouteConfig(Model):
     hosts: Annotated[tuple[str, ...], BeforeValidator(one_or_many)] = ()
     #: Request headers that must have exactly these values.
     headers: Mapping[HeaderName, HeaderValue] = Field(default_factory=dict)
+    #: The response cache; None: off.
+    cache: CacheConfig | None = None
+    #: `Upgrade: websocket` handshakes are proxied (false: refused with 400).
+    websocket: bool = True
 
     @field_validator("hosts")
     @classmethod

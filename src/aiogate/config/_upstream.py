@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -55,7 +56,14 @@ def _statuses(value: Any) -> Any:
     return tuple(out)
 
 
-Statuses = Annotated[tuple[Annotated[int, Field(ge=100, le=599)], ...], BeforeValidator(_statuses)]
+_Status = Annotated[int, Field(ge=100, le=599)]
+_StatusRange = Annotated[str, Field(pattern=r"^\d{3}-\d{3}$")]
+Statuses = Annotated[
+    tuple[_Status, ...],
+    BeforeValidator(
+        _statuses, json_schema_input_type=_Status | _StatusRange | list[_Status | _StatusRange]
+    ),
+]
 
 
 class FallbackResponseConfig(Model):
@@ -170,6 +178,11 @@ class HealthCheckConfig(Model):
     unhealthy_threshold: int = Field(default=3, ge=1)
     healthy_threshold: int = Field(default=2, ge=1)
     command: Annotated[tuple[str, ...] | None, BeforeValidator(_command)] = None
+    #: Extra environment of a script check. By default a script sees only PATH and LANG (and
+    #: the AIOGATE_BACKEND_* variables), not the gateway's environment and its secrets.
+    env: Mapping[str, str] = Field(default_factory=dict)
+    #: Give the script the gateway's whole environment (with `env` on top).
+    inherit_env: bool = False
 
     @field_validator("path")
     @classmethod
@@ -178,12 +191,25 @@ class HealthCheckConfig(Model):
             fail(f"must start with '/', got '{value}'")
         return value
 
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: Mapping[str, str]) -> Mapping[str, str]:
+        for name, text in value.items():
+            if not name or "=" in name or "\0" in name:
+                fail(f"invalid environment variable name '{name}'", name)
+            if "\0" in text:
+                fail("must not contain a NUL character", name)
+        return value
+
     @model_validator(mode="after")
     def _command_iff_script(self) -> HealthCheckConfig:
         if self.type == "script" and not self.command:
             fail("type 'script' needs a 'command'", "type")
         if self.type != "script" and self.command is not None:
             fail(f"'command' is only used with type 'script' (type is '{self.type}')", "command")
+        for key in ("env", "inherit_env"):
+            if self.type != "script" and key in self.model_fields_set:
+                fail(f"'{key}' is only used with type 'script' (type is '{self.type}')", key)
         return self
 
 

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 
 from ._checks import Path, PathIssue, Sections, format_path, reference_issues
-from ._messages import error_at, error_message
+from ._messages import error_at, error_message, unknown_key_message
 from ._route import RouteConfig
 from ._source import SOURCE_SECTIONS
 from ._upstream import UpstreamConfig
@@ -175,6 +175,8 @@ def _validation_issues(data: dict[str, Any], exc: ValidationError) -> list[tuple
         ):
             continue
         message = error_message(error)
+        if kind == "extra_forbidden":
+            message = unknown_key_message(GatewayConfig, error["loc"])
         if kind == "extra_forbidden" and path[-1:] == ("upstreams",) and len(path) > 1:
             parent = _lookup(data, path[:-1])
             if isinstance(parent, dict) and "upstream" in parent:
@@ -232,7 +234,17 @@ def _raw_mtls(data: dict[str, Any]) -> bool:
 
 # What the cross-section checks read of a route (path, methods, hosts and headers for
 # duplicates; upstream and auth for references).
-_REFERENCE_KEYS = ("path", "methods", "hosts", "headers", "name", "upstream", "upstreams", "auth")
+_REFERENCE_KEYS = (
+    "path",
+    "methods",
+    "hosts",
+    "headers",
+    "name",
+    "upstream",
+    "upstreams",
+    "auth",
+    "cache",
+)
 _PLACEHOLDER_UPSTREAM = "\0unknown"
 
 

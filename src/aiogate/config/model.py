@@ -37,6 +37,7 @@ from ._route import (
     RouteRateLimit,
     Transformations,
 )
+from ._secrets import check_not_published
 from ._source import ConfigSourceConfig
 from ._tls import ServerTlsConfig
 from ._upstream import (
@@ -110,8 +111,13 @@ class ServerConfig(Model):
     #: Open client connections per worker; connections beyond it are closed at once.
     max_connections: int = Field(default=10_000, ge=1)
     shutdown_timeout: Annotated[Duration, Field(ge=0)] = 30.0
+    #: A WebSocket with no bytes either way for this long is closed.
+    websocket_idle_timeout: Annotated[Duration, Field(gt=0)] = 3600.0
     max_header_size: Annotated[Size, Field(gt=0)] = 8 * 1024
     max_headers: int = Field(default=100, gt=0)
+    #: The backend's `Server` header: replaced by `Server: aiogate` (as nginx and Envoy do, so
+    #: the backends' software and versions are not advertised), or passed as it is.
+    server_header: Literal["replace", "pass"] = "replace"
     #: Header names with `_`: drop them before forwarding, answer 400, or forward them.
     underscore_headers: Literal["drop", "reject", "allow"] = "drop"
     #: `%2F`, `%5C` or `\\` in a request path: refused (400) or made a `/` before routing.
@@ -147,6 +153,13 @@ class AdminConfig(Model):
         # `token: ${env:AIOGATE_ADMIN_TOKEN:-}` must be able to switch the admin API off.
         return None if value == "" else value
 
+    @field_validator("token")
+    @classmethod
+    def _not_published(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_not_published(value.get_secret_value())
+        return value
+
     @property
     def host(self) -> str:
         return split_host_port(self.listen)[0]
@@ -165,7 +178,8 @@ LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidat
 
 class LoggingConfig(Model):
     level: LogLevel = "info"
-    format: Literal["json", "console"] = "json"
+    #: `ecs` / `otel`: JSON lines with Elastic Common Schema / OpenTelemetry field names.
+    format: Literal["json", "console", "ecs", "otel"] = "json"
     levels: Mapping[str, LogLevel] = Field(default_factory=dict)
     access_log: bool = True
     #: Share of access lines written for responses below 400; error lines are always written.

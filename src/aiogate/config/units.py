@@ -11,7 +11,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Annotated
 
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 
 __all__ = ["Duration", "Size", "parse_duration", "parse_size"]
 
@@ -85,6 +85,17 @@ def parse_size(value: object) -> int:
     return int(amount)
 
 
+# What the JSON Schema of the config (`python -m aiogate.config.schema`) says a value may be.
+_DurationText = Annotated[
+    str, Field(pattern=r"^\s*(\d+(\.\d+)?|\.\d+)(ms|s|m|h)?\s*$", description=_DURATION_HINT)
+]
+_SizeText = Annotated[
+    str,
+    Field(pattern=r"^\s*(\d+(\.\d+)?|\.\d+)(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", description=_SIZE_HINT),
+]
+
 # pydantic field types: the parsers run before the numeric constraints (gt/ge) are checked.
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
+Duration = Annotated[
+    float, BeforeValidator(parse_duration, json_schema_input_type=float | _DurationText)
+]
+Size = Annotated[int, BeforeValidator(parse_size, json_schema_input_type=int | _SizeText)]

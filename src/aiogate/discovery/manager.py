@@ -5,6 +5,10 @@ file on SIGHUP, or the running file config again when discovery changed) goes th
 `apply()`, which merges in the backends discovered so far. A change of a backend set marks the
 overlay dirty; one owned task waits for the burst to settle (`debounce`) and asks the Reloader
 to rebuild, so a new immutable Runtime replaces the old one the way a reload does.
+
+With `server.workers > 1` discovery runs once per host, in the supervisor; a worker's
+`Discovery` is a follower: it runs no source, and takes the discovered sets the supervisor
+sends (`receive`), applying them the same way.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ class Rebuilder(Protocol):
 
 
 class Discovery:
-    def __init__(self) -> None:
+    def __init__(self, *, follower: bool = False) -> None:
+        self._follower = follower
         self._watchers: dict[str, SourceRunner] = {}
         self._found: dict[str, tuple[BackendConfig, ...]] = {}
         self._dirty = asyncio.Event()
@@ -57,6 +62,8 @@ class Discovery:
         static backends (or none) and the watchers keep trying.
         """
         self.applied(config)
+        if self._follower:
+            return
         waits = [
             asyncio.wait_for(w.first_attempt.wait(), w.config.timeout * 1.5)
             for w in self._watchers.values()
@@ -87,6 +94,9 @@ class Discovery:
         wanted: dict[str, DiscoveryConfig] = {
             u.name: u.discovery for u in config.upstreams if u.discovery is not None
         }
+        if self._follower:  # the supervisor's sources discover; nothing to start here
+            self._found = {name: found for name, found in self._found.items() if name in wanted}
+            return
         for name in list(self._watchers):
             watcher = self._watchers[name]
             if wanted.get(name) != watcher.config:
@@ -108,6 +118,16 @@ class Discovery:
 
     def found(self) -> Mapping[str, tuple[BackendConfig, ...]]:
         return dict(self._found)
+
+    def receive(self, found: Mapping[str, tuple[tuple[str, int], ...]]) -> None:
+        """A follower's discovered sets, as the supervisor found them: applied if they differ."""
+        backends = {
+            name: tuple(BackendConfig(url=url, weight=weight) for url, weight in pairs)
+            for name, pairs in found.items()
+        }
+        if backends != self._found:
+            self._found = backends
+            self._dirty.set()
 
     # -- callbacks from the watchers -----------------------------------------------------------
     def _changed(self, upstream: str, backends: tuple[BackendConfig, ...]) -> None:

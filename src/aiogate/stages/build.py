@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from . import Next, Stage, compose
 from . import auth as auth_stage
+from . import cache as cache_stage
 from . import cors as cors_stage
 from . import ip_rules as ip_rules_stage
 from . import proxy as proxy_stage
@@ -34,6 +35,10 @@ STAGE_ORDER: tuple[StageFactory, ...] = (
     auth_stage.for_route,
     ratelimit_stage.for_route,
     transform_stage.for_route,
+    # Last before the proxy: a hit is authorised and counted, and gets every response edit
+    # of the stages above (they register them before calling on); it stores the upstream's
+    # own response, never an edited one.
+    cache_stage.for_route,
 )
 
 

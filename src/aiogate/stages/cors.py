@@ -6,6 +6,9 @@ forwarded: an allowed origin gets 204 with the policy; any other origin gets a 4
 without CORS headers, which the browser treats as a failed preflight (Kong answers those
 without CORS headers, Envoy forwards them; a 403 tells a human what went wrong).
 
+A WebSocket handshake from an origin not allowed is refused (403): browsers leave that
+decision to the server.
+
 An actual request from an allowed origin gets `Access-Control-Allow-Origin` (+ Credentials,
 Expose-Headers) through `ctx.response_headers`, so the proxied response and any gateway error
 carry it alike. The upstream's own `Access-Control-*` headers are never relayed on a route with
@@ -144,6 +147,13 @@ class Cors:
                 ("Access-Control-Allow-Origin", "*" if self._star else origin)
             )
             ctx.response_headers.extend(self._actual_extra)
+        elif ctx.websocket:
+            # Browsers do not apply CORS to WebSockets (they send Origin and let the server
+            # decide): without this, any site could open one with the user's cookies.
+            raise Forbidden(
+                f"WebSocket from origin {origin!r} is not allowed",
+                code="cors_origin_not_allowed",
+            )
         elif not self._star:
             ctx.response_headers.append(("Vary", "Origin"))
         return await call_next(ctx)

@@ -25,6 +25,8 @@ from multidict import CIMultiDict
 from ..context import RequestContext
 from ..errors import BadRequest, BodyTimeout, ExpectationFailed, PayloadTooLarge
 from ..headers import GATEWAY_REQUEST_HEADERS, HOP_BY_HOP, connection_tokens
+from ..netmatch import parse_ip
+from ..requestcheck import valid_host
 from ..upstream.head import RequestBody, check_head
 from .wire import BUFFER_LIMIT
 
@@ -257,9 +259,17 @@ class Forwarding:
         if ctx.via_trusted_proxy:
             # A trusted proxy in front (e.g. a TLS terminator) knows the original scheme/host,
             # and its Forwarded and X-Real-IP are believed: this hop is appended to them.
-            proto = incoming.get("X-Forwarded-Proto", proto)
-            host = incoming.get("X-Forwarded-Host", host)
-            real_ip = incoming.get("X-Real-IP") or real_ip
+            # Believed only when well-formed: a value the gateway would refuse from a client
+            # must not reach the upstream through a trusted hop either.
+            sent_proto = incoming.get("X-Forwarded-Proto", "").strip().lower()
+            if sent_proto in ("http", "https"):
+                proto = sent_proto
+            sent_host = incoming.get("X-Forwarded-Host")
+            if sent_host is not None and valid_host(sent_host):
+                host = sent_host
+            sent_ip = incoming.get("X-Real-IP", "").strip()
+            if sent_ip and parse_ip(sent_ip) is not None:
+                real_ip = sent_ip
             chain = incoming.getall("Forwarded", ())
             if chain:
                 hop = f"{', '.join(chain)}, {hop}"

@@ -33,7 +33,8 @@ from ..upstream.forward import (
 from ..upstream.pool import NoBackendAvailable, UpstreamPool
 from ..upstream.retry import IDEMPOTENT_METHODS, RetryBudget, RetryLease, backoff_delay
 from .forwarding import ClientBodyError, Forwarding
-from .relay import relay_response
+from .relay import SERVER, relay_response
+from .websocket import handshake_head, open_tunnel
 
 if TYPE_CHECKING:
     from ..config import RouteConfig
@@ -72,8 +73,14 @@ class Proxy:
         drop: frozenset[str] = frozenset(),
         tracing: Tracing | None = None,
         underscores: bool = False,
+        server: str | None = SERVER,
+        websocket: bool = True,
+        websocket_idle_timeout: float = 3600.0,
     ) -> None:
         self._pool = pool
+        #: The route proxies WebSocket handshakes (`websocket:`), and their idle timeout.
+        self._websocket = websocket
+        self._websocket_idle_timeout = websocket_idle_timeout
         #: The Runtime's tracing when it is on: a span (and traceparent) per upstream attempt.
         self._tracing = tracing
         self._forwarding = Forwarding(
@@ -94,11 +101,17 @@ class Proxy:
         self._retry_counters: dict[str, Counter] = {}
         self._loop = loop = asyncio.get_running_loop()
         self._clock = loop.time  # bound once: the relay reads it per response
+        #: The relayed `Server` header (None: the backend's passes, `server_header: pass`).
+        self._server = server
 
     async def __call__(self, ctx: RequestContext) -> web.StreamResponse:
         forwarding = self._forwarding
         head, forwarded, target = forwarding.head(ctx)
-        body = await forwarding.body(ctx)
+        if ctx.websocket:
+            head = handshake_head(ctx, head, allowed=self._websocket)
+            body = None
+        else:
+            body = await forwarding.body(ctx)
         ctx.upstream = self._pool.name
         # The request counts as in flight for the retry budget until its answer is relayed,
         # and gives back any retry slot it holds, however it ends (the client leaving too).
@@ -167,8 +180,14 @@ class Proxy:
                         deadline=deadline,
                     )  # fmt: skip
                     if delay is None:
+                        if upstream.status == 101:  # only ever the answer to a WebSocket handshake
+                            return open_tunnel(
+                                ctx, upstream, attempt, seconds, self._websocket_idle_timeout
+                            )
                         # Below 500 the backend's verdict waits for the end of the body.
-                        return await relay_response(ctx, upstream, attempt, seconds, self._clock)
+                        return await relay_response(
+                            ctx, upstream, attempt, seconds, self._clock, server=self._server
+                        )
                     failure = None  # a later 503 from the pool is then the honest answer
             finally:
                 attempt.close()
@@ -245,6 +264,7 @@ class Proxy:
                 deadline=deadline,
                 read_timeout=self._read_timeout,
                 connect_timeout=self._connect_timeout,
+                upgrade=ctx.websocket,
             )
         except BaseException as exc:
             if tracing is not None:
@@ -383,4 +403,7 @@ def for_route(route: RouteConfig, services: Services) -> Proxy:
         drop=services.claim_headers,
         tracing=services.tracing,
         underscores=config.server.underscore_headers == "allow",
+        server=SERVER if config.server.server_header == "replace" else None,
+        websocket=route.websocket,
+        websocket_idle_timeout=config.server.websocket_idle_timeout,
     )

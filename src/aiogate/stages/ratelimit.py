@@ -100,7 +100,10 @@ class RateLimit:
             return await call_next(ctx)
         retry = max(1, _ceil(verdict.retry_after))
         self._rejections[reported.id].inc()
-        log.get_logger("aiogate.ratelimit").info(
+        # Debug, not info: the access line (status 429, always written) already records the
+        # refusal; this line only adds which limit refused, for `levels: {aiogate.ratelimit:
+        # debug}`. A flood of 429s must not double the log volume of the flood.
+        log.get_logger("aiogate.ratelimit").debug(
             log.RATELIMIT_REJECTED,
             request_id=ctx.request_id,
             route=self._route,

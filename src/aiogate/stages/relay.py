@@ -18,14 +18,17 @@ from typing import Final
 from aiohttp import hdrs, web
 
 from .. import log
-from ..context import RequestContext
+from ..context import RequestContext, ResponseCapture
 from ..errors import BadGateway, GatewayTimeout, UpstreamBodyBroken
 from ..headers import GATEWAY_RESPONSE_HEADERS, HOP_BY_HOP, connection_tokens
 from ..upstream.attempt import Attempt
 from ..upstream.forward import UpstreamResponse, UpstreamTimeoutError
 from .wire import BUFFER_LIMIT, WireResponse
 
-__all__ = ["Clock", "filter_response_headers", "relay_response"]
+__all__ = ["SERVER", "Clock", "filter_response_headers", "relay_response", "set_server"]
+
+#: The `Server` value of relayed responses under `server.server_header: replace`.
+SERVER: Final = "aiogate"
 
 _RESPONSE_DROP: Final = HOP_BY_HOP | GATEWAY_RESPONSE_HEADERS
 
@@ -97,12 +100,22 @@ def apply_response_edits(ctx: RequestContext, status: int, headers: list[tuple[s
     return status
 
 
+def set_server(headers: list[tuple[str, str]], server: str | None) -> None:
+    """Replace the upstream's `Server` with `server` (None: `server_header: pass`)."""
+    if server is None:
+        return
+    headers[:] = [pair for pair in headers if pair[0].lower() != "server"]
+    headers.append(("Server", server))
+
+
 async def relay_response(
     ctx: RequestContext,
     upstream: UpstreamResponse,
     attempt: Attempt,
     seconds: float,
     clock: Clock,
+    *,
+    server: str | None = SERVER,
 ) -> web.StreamResponse:
     """Send the upstream's response to the client and judge `attempt` by the body.
 
@@ -112,6 +125,7 @@ async def relay_response(
     request = ctx.request
     try:
         headers = filter_response_headers(upstream.headers, ctx.response_drop)
+        set_server(headers, server)
         headers.append(("X-Request-ID", ctx.request_id))
         headers += ctx.response_headers
         status, reason = upstream.status, upstream.reason or None
@@ -124,9 +138,13 @@ async def relay_response(
             response = _Relayed(status=status, reason=reason, headers=headers)
             if length is not None:
                 response.content_length = length
+            capture = ctx.capture
+            if capture is not None and (length is None or length > capture.limit):
+                capture = None  # too large to keep: stream in flat memory, copy nothing
             return await _stream(
-                ctx, request, upstream, attempt, response, seconds=seconds, clock=clock
-            )
+                ctx, request, upstream, attempt, response, seconds=seconds, clock=clock,
+                capture=capture,
+            )  # fmt: skip
         try:
             body = await upstream.read()
         except UpstreamTimeoutError:
@@ -139,6 +157,8 @@ async def relay_response(
             ) from None
         upstream.release()
         attempt.succeeded(clock(), seconds)
+        if ctx.capture is not None and length <= ctx.capture.limit:
+            ctx.capture.fill(upstream.status, upstream.reason, upstream.headers, body)
         if ctx.method == "HEAD" or upstream.status in (204, 304):
             bodiless = _bodiless(ctx, upstream, headers)
             if status != upstream.status:
@@ -185,13 +205,17 @@ async def _stream(
     *,
     seconds: float,
     clock: Clock,
+    capture: ResponseCapture | None = None,
 ) -> web.StreamResponse:
+    kept: list[bytes] | None = [] if capture is not None else None
     try:
         await response.prepare(request)
         sent = 0
         async for chunk in upstream.iter_chunks():
             await response.write(chunk)
             sent += len(chunk)
+            if kept is not None:
+                kept.append(chunk)
         ctx.bytes_out = sent
     except (ConnectionError, asyncio.CancelledError):
         # The client went away: the upstream connection is not reusable, and there is no
@@ -209,4 +233,6 @@ async def _stream(
         raise UpstreamBodyBroken("upstream response broken mid-body") from exc
     upstream.release()
     attempt.succeeded(clock(), seconds)
+    if capture is not None and kept is not None:
+        capture.fill(upstream.status, upstream.reason, upstream.headers, b"".join(kept))
     return response

@@ -9,6 +9,7 @@ from ..config import RoutePolicy, route_policy
 
 if TYPE_CHECKING:
     from ..auth import AuthServices
+    from ..cache import CachePlan
     from ..config import GatewayConfig, RouteConfig
     from ..iprules import IpRulesPlan
     from ..metrics import RequestRecorder
@@ -35,6 +36,8 @@ class Services:
     tracing: Tracing | None
     #: Headers the gateway fills from JWT claims: never taken from a client, on any route.
     claim_headers: frozenset[str]
+    #: Each cached route's store (memory stores survive a reload; see cache/plan.py).
+    caches: CachePlan | None = None
     _policies: dict[int, RoutePolicy] = field(default_factory=dict)
 
     def policy(self, route: RouteConfig) -> RoutePolicy:

@@ -31,14 +31,22 @@ BUFFER_LIMIT: Final = 64 * 1024
 class WireResponse(web.StreamResponse):
     """A complete response of known, small size; see the module docstring."""
 
-    __slots__ = ("_body_bytes", "_pairs")
+    __slots__ = ("_body_bytes", "_pairs", "_send_body")
 
     def __init__(
-        self, status: int, reason: str | None, headers: Sequence[tuple[str, str]], body: bytes
+        self,
+        status: int,
+        reason: str | None,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        *,
+        send_body: bool = True,
     ) -> None:
         super().__init__(status=status, reason=reason)
         self._pairs = headers
         self._body_bytes = body
+        #: False for a HEAD: Content-Length still describes `body`, which is not sent.
+        self._send_body = send_body
 
     @property
     def body(self) -> bytes:
@@ -95,7 +103,8 @@ class WireResponse(web.StreamResponse):
         if head.count("\n") != lines + 1 or head.count("\r") != lines + 1 or "\x00" in head:
             raise ValueError("CR, LF or NUL in a response header")
         self._eof_sent = True
-        await writer.write(head.encode("utf-8", "surrogateescape") + self._body_bytes)
+        data = head.encode("utf-8", "surrogateescape")
+        await writer.write(data + self._body_bytes if self._send_body else data)
         return writer
 
     async def write_eof(self, data: bytes = b"") -> None:

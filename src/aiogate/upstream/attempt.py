@@ -8,6 +8,10 @@ request was at fault) — and later ones are ignored, so whichever layer learns 
 gives it and the others need not know. `close()` gives back the in-flight place and, if no
 verdict was given, frees the probe slot: the proxy closes every attempt in a `finally`.
 
+In a worker of a host view (`server.workers > 1`) the verdict goes to the supervisor through the
+state's `reporter` (a non-blocking append to a buffer): the host's breaker and passive checks
+judge it, and the worker only frees its probe slot.
+
 A verdict comes before `close()` when the response head decides it (a 5xx), and the body is
 still relayed under the same in-flight place; any other status is judged once its body is
 through (a backend whose bodies break after good heads must still open its circuit).
@@ -44,9 +48,15 @@ class Attempt:
             return
         self._pending = False
         state = self._state
-        state.breaker.record(True, now, self._probe)
-        if state.passive_failures or state.ejections:
-            state.passive_success(now)
+        reporter = state.reporter
+        if reporter is not None:
+            if self._probe:
+                state.breaker.cancel(True)
+            reporter.success(state, self._probe)
+        else:
+            state.breaker.record(True, now, self._probe)
+            if state.passive_failures or state.ejections:
+                state.passive_success(now)
         if self.backend.track_latency:
             state.observe(seconds, now)
 
@@ -58,9 +68,15 @@ class Attempt:
         self._pending = False
         state = self._state
         backend = self.backend
-        state.breaker.record(False, now, self._probe)
-        if passive:
-            state.passive_failure(backend.upstream, now, backend.peers)
+        reporter = state.reporter
+        if reporter is not None:
+            if self._probe:
+                state.breaker.cancel(True)
+            reporter.failure(state, self._probe, passive)
+        else:
+            state.breaker.record(False, now, self._probe)
+            if passive:
+                state.passive_failure(backend.upstream, now, backend.peers)
         if backend.track_latency:
             state.penalise(now)
 

@@ -136,17 +136,19 @@ class ConnectionPool:
         deadline: float,
         read_timeout: float | None = None,
         connect_timeout: float | None = None,
+        upgrade: bool = False,
     ) -> UpstreamResponse:
         """Send a request; return once the final response head is in.
 
         `deadline` (absolute `loop.time()`) bounds connecting, sending, the head and every
         later body read; `read_timeout` the wait for the head once the request is out. The
-        response must be released (`release()`), or read to its end.
+        response must be released (`release()`), or read to its end. `upgrade`: a `101` answer
+        is accepted, and its connection leaves the pool (`Http1Connection.take_over`).
         """
         if self._closed:
             raise UpstreamConnectError(f"connection pool for {self.origin} is closed")
         # Before any connection is touched, so a bad header costs nothing upstream.
-        head = encode_head(method, target, headers, body)
+        head = encode_head(method, target, headers, body, upgrade=upgrade)
         loop = asyncio.get_running_loop()
         if deadline <= loop.time():
             raise UpstreamTimeoutError("deadline passed before the request was sent")
@@ -155,7 +157,9 @@ class ConnectionPool:
         if conn is not None:
             self._in_use += 1
             try:
-                return await conn.exchange(head, body, is_head, deadline, read_timeout)
+                return await conn.exchange(
+                    head, body, is_head, deadline, read_timeout, upgrade=upgrade
+                )
             except _StaleConnectionError:
                 # The server closed the idle connection as we reused it. Usually it never saw
                 # the request, but it may have acted on it and died before answering: only a
@@ -165,7 +169,7 @@ class ConnectionPool:
                 if method not in IDEMPOTENT_METHODS or (body is not None and not body.replayable):
                     raise
         conn = await self._connect(loop, deadline, connect_timeout)
-        return await conn.exchange(head, body, is_head, deadline, read_timeout)
+        return await conn.exchange(head, body, is_head, deadline, read_timeout, upgrade=upgrade)
 
     async def close(self) -> None:
         """Close idle connections; in-flight ones close when their exchange ends."""
@@ -252,6 +256,9 @@ class ConnectionPool:
         # checkout would never look at the old ones.
         while idle and now - idle[0].idle_since > self._idle_timeout:
             idle.pop(0).close()
+        if self._max_idle <= 0:  # reuse disabled: no connection is kept
+            conn.close()
+            return
         if len(idle) >= self._max_idle:
             idle.pop(0).close()
         conn.idle_since = now

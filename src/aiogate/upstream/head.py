@@ -74,7 +74,12 @@ def _sendable(name: str) -> bool:
 
 
 def encode_head(
-    method: str, target: str, headers: Sequence[tuple[str, str]], body: RequestBody | None
+    method: str,
+    target: str,
+    headers: Sequence[tuple[str, str]],
+    body: RequestBody | None,
+    *,
+    upgrade: bool = False,
 ) -> bytes:
     """The request line, the caller's headers and our framing header, as one bytes object.
 
@@ -82,8 +87,9 @@ def encode_head(
     not a token, a target with spaces or controls, a header name that is not a token, a value
     holding CR, LF or NUL, text that has no UTF-8 form (a lone surrogate such as U+D800, which
     surrogateescape does not cover). Content-Length / Transfer-Encoding / Connection from the
-    caller are dropped. Text is encoded as UTF-8 with surrogateescape, the inverse of how
-    aiohttp's server decodes incoming headers, so client bytes pass through unchanged.
+    caller are dropped (`upgrade` adds `Connection: Upgrade`). Text is encoded as UTF-8 with
+    surrogateescape, the inverse of how aiohttp's server decodes incoming headers, so client
+    bytes pass through unchanged.
     """
     if method not in _method_cache:
         if _token(method) is None:
@@ -110,6 +116,9 @@ def encode_head(
         lines += 1
     else:
         parts.append("Transfer-Encoding: chunked\r\n")
+        lines += 1
+    if upgrade:
+        parts.append("Connection: Upgrade\r\n")
         lines += 1
     parts.append("\r\n")
     text = "".join(parts)

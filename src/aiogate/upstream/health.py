@@ -8,7 +8,8 @@ feeds each verdict to the backend's state, which flips health only after `health
   when the status is in `expected_statuses` (default: any 2xx/3xx);
 - `tcp`: a connect;
 - `script`: `command` run without a shell (`{host}`, `{port}`, `{url}` in arguments are
-  replaced, and AIOGATE_BACKEND_* set in its environment), exit 0 = healthy; it runs in a
+  replaced; its environment is PATH, LANG, `env` and AIOGATE_BACKEND_*, or the gateway's own
+  with `inherit_env`), exit 0 = healthy; it runs in a
   process group of its own, killed whole at `timeout`, on cancel and once the script exits;
   the first 2 KiB of its output go to the log (the rest is read and dropped).
 
@@ -31,7 +32,7 @@ from ..tasks import BackgroundTask
 from .forward import ConnectionPool, UpstreamError
 from .pool import Backend, UpstreamPool
 
-__all__ = ["HealthChecker", "run_script"]
+__all__ = ["HealthChecker", "run_script", "script_env"]
 
 _OUTPUT_LIMIT = 2048
 _REAP_WAIT = 1.0
@@ -157,7 +158,7 @@ class HealthChecker:
         values = {"host": origin.host, "port": str(origin.port), "url": backend.label}
         argv = [_expand(arg, values) for arg in config.command]
         env = dict(
-            os.environ,
+            script_env(config.env, inherit=config.inherit_env),
             AIOGATE_BACKEND_URL=backend.label,
             AIOGATE_BACKEND_HOST=origin.host,
             AIOGATE_BACKEND_PORT=str(origin.port),
@@ -179,6 +180,22 @@ class HealthChecker:
             output=text,
         )
         return code == 0, f"script exit {code}"
+
+
+def script_env(extra: Mapping[str, str], *, inherit: bool) -> dict[str, str]:
+    """The environment of a check script: PATH and LANG only, unless told to inherit.
+
+    The gateway's environment holds its secrets (`${env:JWT_SECRET}`, the admin token); a
+    check script needs none of them, and whatever it runs could leak them.
+    """
+    if inherit:
+        base = dict(os.environ)
+    else:
+        base = {"PATH": os.environ.get("PATH", os.defpath)}
+        if "LANG" in os.environ:
+            base["LANG"] = os.environ["LANG"]
+    base.update(extra)
+    return base
 
 
 async def run_script(

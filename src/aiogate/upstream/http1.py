@@ -45,6 +45,7 @@ _IDLE: Final = 0  # no exchange: any byte received is a protocol violation
 _HEAD: Final = 1  # request (being) sent, waiting for the final response head
 _BODY: Final = 2  # final head received, body streaming
 _DONE: Final = 3  # response complete, request possibly still being sent
+_UPGRADED: Final = 4  # a 101 to an upgrade request: the connection left the pool for a tunnel
 
 
 # --- response ---------------------------------------------------------------------------------
@@ -71,6 +72,7 @@ class UpstreamResponse:
         "http_version",
         "reason",
         "status",
+        "upgraded",
     )
 
     def __init__(
@@ -95,6 +97,8 @@ class UpstreamResponse:
         # Set while the exchange is in progress; None once the connection was handed back.
         self._conn = conn
         self._waiter: asyncio.Future[None] | None = None
+        #: A `101` to an upgrade request: the connection, out of the pool, to `take_over`.
+        self.upgraded: Http1Connection | None = None
 
     def __repr__(self) -> str:
         return f"<UpstreamResponse {self.status} {self.reason!r} done={self._done}>"
@@ -206,6 +210,8 @@ class Http1Connection(asyncio.Protocol):
         "_timer",
         "_transport",
         "_until_close",
+        "_upgrade",
+        "_upgrade_tail",
         "_write_paused",
         "idle_since",
     )
@@ -242,6 +248,8 @@ class Http1Connection(asyncio.Protocol):
         self._content_length: int | None = None
         self._te: bytes | None = None
         self._conn_tokens = b""
+        self._upgrade = False
+        self._upgrade_tail = b""
 
     # -- pool-facing ---------------------------------------------------------------------------
 
@@ -269,14 +277,19 @@ class Http1Connection(asyncio.Protocol):
         is_head: bool,
         deadline: float,
         read_timeout: float | None = None,
+        *,
+        upgrade: bool = False,
     ) -> UpstreamResponse:
         """Send one request and return the response once its head is in.
 
         `read_timeout` bounds the wait for the response head once the request is out.
+        `upgrade`: the request asks to switch protocols; a `101` answer then hands this
+        connection over (`take_over`) instead of failing the exchange.
         """
         transport = self._transport
         assert transport is not None
         self._begin(is_head, deadline)
+        self._upgrade = upgrade
         try:
             if body is None:
                 transport.write(head)
@@ -398,6 +411,9 @@ class Http1Connection(asyncio.Protocol):
             self._abort_exchange()
 
     def _abort_exchange(self) -> None:
+        if self._state == _UPGRADED:
+            self.close()  # already handed back to the pool: only the socket is left
+            return
         if self._state != _IDLE:
             if self._transport is not None:
                 self._transport.abort()
@@ -461,6 +477,32 @@ class Http1Connection(asyncio.Protocol):
         if self._transport is not None and not self._lost:
             self._transport.resume_reading()
 
+    def take_over(self) -> tuple[asyncio.Transport, bytes] | None:
+        """After a `101`: the transport and the bytes the upstream sent after the head, for
+        whoever speaks the new protocol (reading is paused until they resume it). None when
+        the connection is already gone."""
+        transport = self._transport
+        if self._state != _UPGRADED or transport is None or self._lost or transport.is_closing():
+            self.close()
+            return None
+        tail, self._upgrade_tail = self._upgrade_tail, b""
+        return transport, tail
+
+    def _switched(self, tail: bytes) -> None:
+        """The upstream accepted the upgrade: the connection leaves the pool (it never
+        comes back), its timers stop, and reading pauses until the tunnel takes it over."""
+        timer = self._timer
+        if timer is not None:
+            timer.cancel()
+            self._timer = None
+        self._upgrade_tail = tail
+        self._resp = None
+        self._head_waiter = None
+        if self._transport is not None:
+            self._read_paused = True
+            self._transport.pause_reading()
+        self._owner._exchange_done(self, False)
+
     # -- asyncio.Protocol ----------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -481,6 +523,9 @@ class Http1Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         state = self._state
+        if state == _UPGRADED:
+            self._upgrade_tail += data  # read before the pause took effect: the tunnel's
+            return
         if state in (_IDLE, _DONE):
             # Bytes that no request asked for: the stream's framing cannot be trusted.
             self._stop_sending = True
@@ -490,8 +535,11 @@ class Http1Connection(asyncio.Protocol):
         self._got_bytes = True
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._fail(UpstreamProtocolError("upstream switched protocols; not supported"))
+        except httptools.HttpParserUpgrade as upgraded:
+            if self._state == _UPGRADED:
+                self._switched(data[upgraded.args[0] :])
+            else:
+                self._fail(UpstreamProtocolError("upstream switched protocols; not supported"))
             return
         except httptools.HttpParserError as exc:
             if self._state == _DONE:
@@ -527,8 +575,9 @@ class Http1Connection(asyncio.Protocol):
         _wake(self._lost_waiter)
         _wake(self._drain_waiter)
         state = self._state
-        if state == _IDLE:
-            self._owner._connection_lost(self)
+        if state in (_IDLE, _UPGRADED):
+            if state == _IDLE:
+                self._owner._connection_lost(self)
         elif state == _BODY and self._until_close and self._exc is None:
             # The close is what delimits this body.
             self._message_done()
@@ -585,7 +634,10 @@ class Http1Connection(asyncio.Protocol):
         status = parser.get_status_code()
         if status < 200:
             if status == 101:
-                raise UpstreamProtocolError("upstream answered 101; upgrades are not supported")
+                if self._upgrade and self._state == _HEAD:
+                    self._upgraded(status)
+                    return
+                raise UpstreamProtocolError("upstream answered 101 to a request without Upgrade")
             if status < 100:
                 raise UpstreamProtocolError(f"invalid upstream status {status}")
             self._interim = True  # 100 / 103 / ...: dropped, the final response follows
@@ -609,8 +661,14 @@ class Http1Connection(asyncio.Protocol):
         else:
             if te is not None:
                 content_length = None
-                chunked = te.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-                self._until_close = not chunked
+                if te.strip().lower() != b"chunked":
+                    # `gzip, chunked` (or read-until-close with a coding): the body is relayed
+                    # re-framed as plain chunked, so the coding would be silently dropped and
+                    # the client would take coded bytes for the content. Refused like the
+                    # same request from a client (RFC 9112 §6.1: reject what is not understood).
+                    raise UpstreamProtocolError(
+                        "upstream response uses a transfer coding other than chunked"
+                    )
             elif content_length is None:
                 self._until_close = True
             # llhttp's view also covers read-until-close (never keep-alive).
@@ -635,6 +693,23 @@ class Http1Connection(asyncio.Protocol):
             head_waiter.set_result(resp)
         # A sender blocked on drain must get the chance to stop early.
         _wake(self._drain_waiter)
+
+    def _upgraded(self, status: int) -> None:
+        """A `101` to an upgrade request: its head is the answer; what follows is not HTTP."""
+        resp = UpstreamResponse(
+            status,
+            self._reason.decode("utf-8", "surrogateescape"),
+            self._parser.get_http_version(),
+            self._headers,
+            0,
+            conn=None,
+        )
+        resp.upgraded = self
+        self._resp = resp
+        self._state = _UPGRADED
+        head_waiter = self._head_waiter
+        if head_waiter is not None and not head_waiter.done():
+            head_waiter.set_result(resp)
 
     def on_body(self, body: bytes) -> None:
         if self._state != _BODY:

@@ -21,14 +21,15 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from .. import log
 from ..config import CircuitBreakerConfig, UpstreamConfig, breaker_for
 from ..metrics import BACKEND_EJECTIONS, BACKEND_HEALTHY, CIRCUIT_STATE, CIRCUIT_TRANSITIONS
-from .breaker import STATE_NAMES, CircuitBreaker
+from .breaker import CLOSED, HALF_OPEN, OPEN, STATE_NAMES, CircuitBreaker
 
-__all__ = ["BackendState", "StateRegistry", "UpstreamState"]
+__all__ = ["BackendState", "OutcomeReporter", "StateRegistry", "UpstreamState"]
 
 _DISABLED = CircuitBreakerConfig(enabled=False)
 #: `check_owner` of an entry no Runtime's health checks may write to (not yet committed, or
@@ -56,14 +57,24 @@ _EWMA_TAU = 10.0
 _FAILURE_PENALTY = 1.0
 
 
+class OutcomeReporter(Protocol):
+    """Where a worker of a host view sends its attempts' verdicts instead of judging them: the
+    supervisor decides breakers and ejections for the whole host (hostview/link.py)."""
+
+    def success(self, state: BackendState, probe: bool) -> None: ...
+    def failure(self, state: BackendState, probe: bool, passive: bool) -> None: ...
+
+
 class _Version:
     """The eligibility version of one upstream, shared by its states across Runtimes: an entry
     shared by an old and a new Runtime invalidates both pools' cached eligible sets."""
 
-    __slots__ = ("value",)
+    __slots__ = ("listener", "value")
 
     def __init__(self) -> None:
         self.value = 0
+        #: Called after each change (the supervisor's host view publishes from it); None: none.
+        self.listener: Callable[[], None] | None = None
 
 
 class UpstreamState:
@@ -80,7 +91,14 @@ class UpstreamState:
 
     @version.setter
     def version(self, value: int) -> None:
-        self._version.value = value
+        version = self._version
+        version.value = value
+        if version.listener is not None:
+            version.listener()
+
+    def listen(self, listener: Callable[[], None] | None) -> None:
+        """Call `listener` after every change of which backends may be picked."""
+        self._version.listener = listener
 
 
 class BackendState:
@@ -101,6 +119,7 @@ class BackendState:
         "ok_streak",
         "passive_failures",
         "recovered_at",
+        "reporter",
         "total_ejections",
         "upstream",
     )
@@ -126,6 +145,9 @@ class BackendState:
         self.ewma = 0.0
         self.ewma_at = now
         self.breaker = CircuitBreaker(_DISABLED, self._on_breaker)
+        #: Set in a worker of a host view while its link to the supervisor is up: attempts'
+        #: verdicts go there instead of to this entry's breaker and passive checks.
+        self.reporter: OutcomeReporter | None = None
 
     def _take(self, source: BackendState, keep_breaker: bool) -> None:
         """Carry `source`'s learnt state over to this copy (its breaker's too if `keep_breaker`)."""
@@ -245,6 +267,39 @@ class BackendState:
             **{"from": STATE_NAMES[old], "to": to},
         )
 
+    # -- host view (a worker follows the supervisor) -----------------------------------------
+    def follow(
+        self, healthy: bool, circuit: int, reopen_in: float, ejected_for: float, now: float
+    ) -> None:
+        """Take the host's verdict on this backend (a worker of a host view): health, circuit
+        and ejection as the supervisor decided them. Silent, like any entry that is not live:
+        the supervisor logs the change and sets the gauges, once for the host."""
+        changed = False
+        if healthy != self.healthy:
+            self.healthy = healthy
+            if healthy:
+                self.recovered_at = now
+            changed = True
+        ejected_until = now + ejected_for if ejected_for > 0 else 0.0
+        if (ejected_until > now) != (self.ejected_until > now):
+            changed = True
+        self.ejected_until = ejected_until
+        breaker = self.breaker
+        if breaker.state != circuit:
+            breaker.state = circuit
+            breaker.failures = breaker.successes = 0
+            breaker.changed_at = now
+            if circuit != HALF_OPEN:
+                breaker.probes = 0  # probes in flight report to the host, not to a slot
+            if circuit == CLOSED:
+                self.recovered_at = now  # ramp up again after an outage
+            changed = True
+        if circuit == OPEN:
+            # The worker lets probes through when the host's timeout ends, on its own clock.
+            breaker.opened_at = now + reopen_in - breaker.config.timeout
+        if changed:
+            self.upstream.version += 1
+
     def snapshot(self, now: float) -> dict[str, object]:
         breaker = self.breaker
         return {
@@ -271,10 +326,13 @@ class BackendState:
 class StateRegistry:
     """Every upstream's backend states; handed from a Runtime to its successor on reload."""
 
-    __slots__ = ("_copies", "_previous", "_unchecked", "committed", "upstreams")
+    __slots__ = ("_copies", "_previous", "_unchecked", "committed", "publish", "upstreams")
 
-    def __init__(self) -> None:
+    def __init__(self, *, publish: bool = True) -> None:
         self.upstreams: dict[str, UpstreamState] = {}
+        #: Whether this process speaks for its backends (gauges, state-change events). A
+        #: worker of a host view does not: the supervisor does, once for the host.
+        self.publish = publish
         #: Whether `commit` ran: only then did anything outside this registry change.
         self.committed = False
         self._previous: StateRegistry | None = None
@@ -344,9 +402,10 @@ class StateRegistry:
                 mine.add(id(entry))
                 entry.upstream = state  # a shared entry counts ejections in this pool now
                 entry.check_owner = generation
-                entry.live = True
-                BACKEND_HEALTHY.labels(state.name, entry.label).set(1 if entry.healthy else 0)
-                CIRCUIT_STATE.labels(state.name, entry.label).set(entry.breaker.state)
+                entry.live = self.publish
+                if self.publish:
+                    BACKEND_HEALTHY.labels(state.name, entry.label).set(int(entry.healthy))
+                    CIRCUIT_STATE.labels(state.name, entry.label).set(entry.breaker.state)
                 if state.name in self._unchecked and not entry.healthy:
                     entry._set_healthy(True, now)  # no checks any more: nothing keeps it out
             state.version += 1
@@ -359,7 +418,7 @@ class StateRegistry:
                     # The replaced Runtime keeps using it while it drains, silently.
                     entry.live = False
                     entry.check_owner = _UNOWNED
-                if current is None or url not in current.backends:
+                if self.publish and (current is None or url not in current.backends):
                     _forget(name, url)
 
 

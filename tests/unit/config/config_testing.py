@@ -100,7 +100,11 @@ routes:
       allowed_methods: [GET, POST]
 """  # noqa: E501 - verbatim, long comments included
 
-ENV = {"AIOGATE_ADMIN_TOKEN": "admin-token", "JWT_SECRET": "jwt-secret", "DEMO_KEY": "demo-key"}
+ENV = {
+    "AIOGATE_ADMIN_TOKEN": "admin-token",
+    "JWT_SECRET": "jwt-secret-for-tests-" + "0" * 32,
+    "DEMO_KEY": "alice-test-key",
+}
 
 
 def load_contract_example(load_text: LoadText, tmp_path: Path) -> GatewayConfig:

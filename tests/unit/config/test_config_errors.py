@@ -92,9 +92,9 @@ upstreams:
       - url: http://a
 """
     ) == [
-        "1:1: servr: unknown key",
+        "1:1: servr: unknown key (did you mean 'server'?)",
         "4:5: upstreams[0].backends: missing required key",
-        "5:5: upstreams[0].backend: unknown key",
+        "5:5: upstreams[0].backend: unknown key (did you mean 'backends'?)",
     ]
 
 
@@ -251,3 +251,29 @@ def test_dates_are_read_as_text(errors: Errors) -> None:
 
 def test_non_string_keys(errors: Errors) -> None:
     assert errors("server:\n  1: x\n") == ["2:3: server.1: unknown key"]
+
+
+def test_unknown_keys_suggest_the_closest_known_key(errors: Errors) -> None:
+    """A typo names the key it was probably meant to be, from the keys valid at that place."""
+    assert errors(
+        """\
+server:
+  listn: ":8080"
+upstreams:
+  - name: a
+    backends: [{url: "http://127.0.0.1:9", wieght: 2}]
+    health_check: {type: http, intervl: 5s}
+routes:
+  - path: /x
+    upstream: a
+    transformations: {request: {add_header: {A: b}}}
+    colour: red
+"""
+    ) == [
+        "2:3: server.listn: unknown key (did you mean 'listen'?)",
+        "5:44: upstreams[0].backends[0].wieght: unknown key (did you mean 'weight'?)",
+        "6:32: upstreams[0].health_check.intervl: unknown key (did you mean 'interval'?)",
+        "10:33: routes[0].transformations.request.add_header: unknown key"
+        " (did you mean 'add_headers'?)",
+        "11:5: routes[0].colour: unknown key",
+    ]

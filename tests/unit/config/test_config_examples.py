@@ -27,13 +27,13 @@ def test_contract_example(load_text: LoadText, tmp_path: Path) -> None:
     assert jwt is not None
     assert jwt.algorithms == ("HS256", "RS256")
     assert jwt.secret is not None
-    assert jwt.secret.get_secret_value() == "jwt-secret"
+    assert jwt.secret.get_secret_value() == ENV["JWT_SECRET"]
     assert (jwt.issuer, jwt.audience, jwt.leeway) == ("https://issuer.example", "my-api", 30.0)
     api_key = cfg.auth.api_key
     assert api_key is not None
     assert api_key.keys[0].consumer == "alice"
     assert api_key.keys[0].key is not None
-    assert api_key.keys[0].key.get_secret_value() == "demo-key"
+    assert api_key.keys[0].key.get_secret_value() == ENV["DEMO_KEY"]
     assert cfg.rate_limits[0].window == 60.0
     upstream = cfg.upstream_by_name("user-service")
     assert upstream.retries.attempts == 2
@@ -120,7 +120,7 @@ routes:
       allowed_methods: [GET, POST]
 """
 
-JWT_AUTH = "auth:\n  jwt:\n    secret: s3cret\n"
+JWT_AUTH = "auth:\n  jwt:\n    secret: s3cret-s3cret-s3cret-s3cret-s3cret\n"
 
 
 def test_roadmap_rate_limits(load_text: LoadText) -> None:

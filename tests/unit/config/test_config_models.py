@@ -15,6 +15,7 @@ from aiogate.config import (
     ApiKeyEntry,
     BackendConfig,
     GatewayConfig,
+    HealthCheckConfig,
     RouteAuth,
     RouteConfig,
     ServerConfig,
@@ -58,7 +59,14 @@ def test_bad_backend_urls(url: str, message: str) -> None:
 
 @pytest.mark.parametrize(
     ("listen", "host", "port"),
-    [("0.0.0.0:8080", "0.0.0.0", 8080), ("[::1]:0", "::1", 0), ("localhost:1", "localhost", 1)],
+    [
+        ("0.0.0.0:8080", "0.0.0.0", 8080),
+        ("[::1]:0", "::1", 0),
+        ("localhost:1", "localhost", 1),
+        # `:port` is every IPv4 interface; `[::]:port` is the spelling for IPv6 too.
+        (":8080", "0.0.0.0", 8080),
+        ("[::]:8080", "::", 8080),
+    ],
 )
 def test_listen(listen: str, host: str, port: int) -> None:
     server = ServerConfig(listen=listen)
@@ -69,7 +77,7 @@ def test_listen(listen: str, host: str, port: int) -> None:
     ("listen", "message"),
     [
         ("8080", "expected host:port"),
-        (":8080", "expected host:port"),
+        (":", "invalid port"),
         ("::1:8080", "write IPv6 as"),
         ("[::1]8080", "expected host:port"),
         ("[nope]:80", "invalid IPv6 address"),
@@ -174,7 +182,10 @@ def test_route_methods_and_label() -> None:
 def test_route_auth(load_text: LoadText, errors: Errors) -> None:
     assert RouteAuth(types=("jwt", "api_key")).types == ("jwt", "api_key")
     assert RouteAuth.model_validate({"type": "api_key"}).types == ("api_key",)
-    base = MINIMAL_UPSTREAM + "auth: {jwt: {secret: s}, api_key: {keys: [{key: k, consumer: c}]}}\n"
+    base = (
+        MINIMAL_UPSTREAM
+        + f"auth: {{jwt: {{secret: {'s' * 32}}}, api_key: {{keys: [{{key: k, consumer: c}}]}}}}\n"
+    )
     cfg = load_text(
         base
         + """\
@@ -471,3 +482,42 @@ def test_models_are_frozen() -> None:
     cfg = GatewayConfig()
     with pytest.raises(ValidationError, match="frozen"):
         cfg.server.workers = 2  # type: ignore[misc]
+
+
+def test_script_check_environment_keys() -> None:
+    check = HealthCheckConfig(type="script", command=("true",), env={"A": "1"})
+    assert (dict(check.env), check.inherit_env) == ({"A": "1"}, False)
+    with pytest.raises(ValidationError, match="invalid environment variable name"):
+        HealthCheckConfig(type="script", command=("true",), env={"A=B": "1"})
+    with pytest.raises(ValidationError, match="'env' is only used with type 'script'"):
+        HealthCheckConfig(type="http", env={"A": "1"})
+    with pytest.raises(ValidationError, match="'inherit_env' is only used with type 'script'"):
+        HealthCheckConfig(type="tcp", inherit_env=True)
+
+
+def test_short_and_published_secrets_are_refused(errors: Errors) -> None:
+    """An HMAC secret under 32 bytes, or any credential printed in our docs, fails `check`."""
+    short = "auth:\n  jwt:\n    secret: too-short\n"
+    assert errors(short) == [
+        "3:13: auth.jwt.secret: too short for an HMAC key (9 bytes; at least 32, e.g. "
+        "`python3 -c 'import secrets; print(secrets.token_hex(32))'`)"
+    ]
+    published = "this value is published in aiogate's documentation; use a random one"
+    demo = "change-me-demo-secret-change-me-demo-secret"
+    assert errors(f"auth:\n  jwt:\n    secret: {demo}\n") == [f"3:13: auth.jwt.secret: {published}"]
+    keys = "auth:\n  api_key:\n    keys:\n      - {key: demo-key, consumer: c}\n"
+    assert errors(keys) == [f"4:15: auth.api_key.keys[0].key: {published}"]
+    digest = hashlib.sha256(b"my-secret-key").hexdigest()
+    assert errors(f"auth:\n  api_key:\n    keys: [{{key_sha256: {digest}, consumer: c}}]\n")
+    assert errors("admin:\n  token: change-me\n") == [f"2:10: admin.token: {published}"]
+    assert errors("admin:\n  token: ${env:T}\n", env={"T": "REPLACE-WITH-A-RANDOM-TOKEN"})
+
+
+def test_a_short_secret_is_fine_without_hmac(load_text: LoadText, tmp_path: Path) -> None:
+    """Only HS* algorithms use `secret`; with RS256 alone its length does not matter."""
+    key = tmp_path / "k.pem"
+    key.write_text("-----BEGIN PUBLIC KEY-----\n")
+    cfg = load_text(
+        f"auth:\n  jwt:\n    algorithms: [RS256]\n    secret: x\n    public_key_file: {key}\n"
+    )
+    assert cfg.auth.jwt is not None

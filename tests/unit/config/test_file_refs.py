@@ -43,11 +43,12 @@ def test_file_content_replaces_the_reference(load_text: LoadText, tmp_path: Path
 def test_one_trailing_newline_is_removed(
     load_text: LoadText, tmp_path: Path, content: bytes, value: str
 ) -> None:
-    (tmp_path / "secret").write_bytes(content)
+    pad = "0123456789abcdef" * 2  # an HMAC secret has at least 32 bytes
+    (tmp_path / "secret").write_bytes(pad.encode() + content)
     cfg = load_text("auth: {jwt: {algorithms: [HS256], secret: '${file:secret}'}}\n")
     assert cfg.auth.jwt is not None
     assert cfg.auth.jwt.secret is not None
-    assert cfg.auth.jwt.secret.get_secret_value() == value
+    assert cfg.auth.jwt.secret.get_secret_value() == pad + value
 
 
 def test_a_file_holding_only_a_newline_is_empty(load_text: LoadText, tmp_path: Path) -> None:

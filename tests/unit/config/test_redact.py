@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from config_testing import MINIMAL_UPSTREAM, LoadText, load_contract_example
+from config_testing import ENV, MINIMAL_UPSTREAM, LoadText, load_contract_example
 
 from aiogate.config import REDACTED, GatewayConfig, load_config, redacted
 from aiogate.config.diff import diff_summary
@@ -14,7 +14,7 @@ def test_every_secret_is_redacted(load_text: LoadText, tmp_path: Path) -> None:
     cfg = load_contract_example(load_text, tmp_path)
     dump = redacted(cfg)
     text = json.dumps(dump)  # must be JSON-serialisable as is
-    for secret in ("admin-token", "jwt-secret", "demo-key"):
+    for secret in ENV.values():
         assert secret not in text
     assert dump["admin"]["token"] == REDACTED
     assert dump["auth"]["jwt"]["secret"] == REDACTED
@@ -54,7 +54,9 @@ def test_redis_url_without_password_is_unchanged() -> None:
 
 
 def test_numeric_secrets_are_text_and_redacted(load_text: LoadText) -> None:
-    cfg = load_text("admin: {token: 123456}\nauth: {jwt: {secret: 98765}}\n")
+    cfg = load_text(
+        "admin: {token: 123456}\nauth: {jwt: {secret: 98765432109876543210987654321098}}\n"
+    )
     assert cfg.admin.token is not None
     assert cfg.admin.token.get_secret_value() == "123456"
     assert "123456" not in str(redacted(cfg))
@@ -194,7 +196,7 @@ def test_reload_changes_summary_never_holds_secret_values(load_text: LoadText) -
     template = """\
 admin: {token: "%(v)s-token"}
 redis: {url: "redis://:%(v)s-pw@127.0.0.1:6379/0"}
-auth: {jwt: {algorithms: [HS256], secret: "%(v)s-jwt"}}
+auth: {jwt: {algorithms: [HS256], secret: "%(v)s-jwt-0123456789abcdef0123456789abcdef"}}
 upstreams:
   - name: svc
     backends: [{url: "http://127.0.0.1:9001"}]

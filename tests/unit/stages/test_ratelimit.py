@@ -35,9 +35,9 @@ IP = "192.0.2.7"
 
 @pytest.fixture(autouse=True)
 def log_lines(tmp_path: Path) -> Iterator[Path]:
-    """The stage logs `ratelimit_rejected`: send the lines to a file the test can read."""
+    """The stage logs `ratelimit_rejected` (at debug): send the lines to a file the test reads."""
     path = tmp_path / "log"
-    with log_to_file(path):
+    with log_to_file(path, level="debug"):
         yield path
 
 

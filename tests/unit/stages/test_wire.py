@@ -92,3 +92,12 @@ async def test_body_can_be_replaced_before_sending_only() -> None:
     with pytest.raises(RuntimeError):
         response.body = b"late"
     assert await response.prepare(make_mocked_request("GET", "/")) is None  # sent once only
+
+
+async def test_head_answer_describes_a_body_it_does_not_send() -> None:
+    raw = await send(
+        WireResponse(200, "OK", [("Content-Type", "text/plain")], b"hello", send_body=False)
+    )
+    head, _, body = raw.partition("\r\n\r\n")
+    assert "Content-Length: 5" in head.split("\r\n")
+    assert body == ""

@@ -90,6 +90,26 @@ async def test_keep_alive_reuse(aiohttp_server: AiohttpServer, make_pool: MakePo
     assert len(set(peers)) == 1
 
 
+async def test_max_idle_zero_disables_reuse_without_errors(
+    aiohttp_server: AiohttpServer, make_pool: MakePool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`max_idle_connections: 0` means no connection is kept (it raised IndexError per
+    exchange inside the transport callback, logged as a fatal transport error)."""
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    server, peers = await aio_app(aiohttp_server, [web.get("/", ok)])
+    pool = make_pool(server.port, max_idle=0)
+    for _ in range(5):
+        resp = await pool.request("GET", "/", [("Host", "x")], None, deadline=deadline())
+        assert await resp.read() == b"ok"
+        resp.release()
+    assert len(set(peers)) == 5  # a new connection every time
+    assert "Fatal error" not in caplog.text
+    assert "IndexError" not in caplog.text
+
+
 async def test_concurrent_requests_use_separate_connections(
     raw_upstream: MakeRaw, make_pool: MakePool
 ) -> None:

@@ -388,6 +388,11 @@ async def test_unreleased_response_is_reaped_at_deadline(
         (b"HTTP/1.1 200 OK\r\nX: a\x00\r\nContent-Length: 0\r\n\r\n", "malformed"),
         (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n", "101"),
         (b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n", "version"),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            "transfer coding",
+        ),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc", "transfer coding"),
         (b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"a" * 70_000 + b"\r\n\r\n", "too large"),
         (b"HTTP/1.1 200 OK\r\n" + b"X: a\r\n" * 300 + b"\r\n", "too many"),
     ],
@@ -506,3 +511,51 @@ async def test_release_after_partial_read_closes(
     resp = await pool.request("GET", "/", [], None, deadline=deadline())
     resp.release()
     assert server.connections == 2
+
+
+async def test_upgrade_hands_the_connection_over(
+    raw_upstream: MakeRaw, make_pool: MakePool
+) -> None:
+    """A 101 to an upgrade request: the head is the answer, the bytes after it (sent in the
+    same segment) go to whoever takes the socket over, and the pool forgets the connection."""
+    heads: list[bytes] = []
+
+    async def switch(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await read_head(reader))
+        writer.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\n\r\nfirst-bytes"
+        )
+        await writer.drain()
+        with contextlib.suppress(ConnectionError):
+            await reader.read()
+
+    server = await raw_upstream(switch)
+    pool = make_pool(server.port)
+    resp = await pool.request(
+        "GET", "/ws", [("Host", "x"), ("Upgrade", "websocket")], None,
+        deadline=deadline(5), upgrade=True,
+    )  # fmt: skip
+    assert resp.status == 101
+    assert b"\r\nConnection: Upgrade\r\n" in heads[0]
+    assert resp.upgraded is not None
+    await wait_for_condition(lambda: bool(resp.upgraded and resp.upgraded._upgrade_tail))
+    taken = resp.upgraded.take_over()
+    assert taken is not None
+    transport, tail = taken
+    assert tail == b"first-bytes"
+    assert pool.in_use == 0
+    assert pool.idle == 0
+    await asyncio.sleep(0.05)  # well past where the exchange's timers would have fired
+    assert not transport.is_closing()
+    transport.close()
+
+
+async def test_101_without_an_upgrade_request_is_a_protocol_error(
+    raw_upstream: MakeRaw, make_pool: MakePool
+) -> None:
+    server = await raw_upstream(fixed(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"))
+    pool = make_pool(server.port)
+    with pytest.raises(UpstreamProtocolError, match="101"):
+        await pool.request("GET", "/", [("Host", "x")], None, deadline=deadline(5))
+    assert pool.in_use == 0
