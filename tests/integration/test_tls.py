@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import trustme
 from aiohttp import web
@@ -207,6 +208,39 @@ def test_tls_1_1_and_weak_ciphers_are_refused(
     assert s_client("-tls1_2", "-cipher", "ECDHE-RSA-AES128-SHA").returncode != 0  # not AEAD
     assert s_client("-tls1_1").returncode != 0
     wait_failure(gw, "protocol")
+
+
+def test_websocket_over_tls_with_a_client_certificate(
+    make_gateway: Any, pki: Pki, tmp_path: Path
+) -> None:
+    """wss://: the WebSocket tunnel runs on the TLS transport; mtls auth admits the handshake."""
+    from wsbackend import WsBackend
+
+    backend = WsBackend().start()
+    try:
+        config = {
+            "server": {"tls": pki.tls(client_ca_file=str(pki.ca_file))},
+            "upstreams": [{"name": "ws", "backends": [{"url": backend.url}]}],
+            "routes": [{"path": "/ws", "upstream": "ws", "auth": {"type": "mtls"}}],
+        }
+        gw = make_gateway(config)
+        client = pki.ca.issue_cert("ws-client@example.test", common_name="ws-client")
+        big = b"\x00\xff" * 300_000
+
+        async def go(context: ssl.SSLContext) -> bytes:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.ws_connect(f"wss://localhost:{gw.port}/ws", ssl=context) as ws,
+            ):
+                await ws.send_bytes(big)
+                return bytes((await ws.receive(timeout=30)).data)
+
+        assert asyncio.run(go(pki.client_context(client))) == big
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            asyncio.run(go(pki.client_context()))  # no certificate: 401 before the upgrade
+        assert refused.value.status == 401
+    finally:
+        backend.stop()
 
 
 # -- mTLS -------------------------------------------------------------------------------------
