@@ -25,7 +25,7 @@ from ..cache import Entry, Store, StoreUnavailable, cache_key, directives, fresh
 from ..context import RequestContext, ResponseCapture
 from ..metrics import CACHE_REQUESTS
 from . import Next
-from .relay import SERVER, apply_response_edits, filter_response_headers, set_server
+from .relay import SERVER, apply_response_edits, filter_response_headers
 from .services import Services
 from .wire import WireResponse
 
@@ -167,8 +167,10 @@ class Cache:
         """A hit, pre-serialised, with the same response edits a relayed answer gets."""
         self._hit.inc()
         drop = ctx.response_drop
-        pairs = filter_response_headers(list(entry.headers), drop) if drop else list(entry.headers)
-        set_server(pairs, self._server)
+        if drop or self._server is not None:
+            pairs = filter_response_headers(list(entry.headers), drop, server=self._server)
+        else:
+            pairs = list(entry.headers)
         pairs.append(("X-Request-ID", ctx.request_id))
         pairs += ctx.response_headers
         pairs += (("X-Cache", "HIT"), ("Age", str(entry.age(now))))

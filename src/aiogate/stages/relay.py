@@ -25,12 +25,14 @@ from ..upstream.attempt import Attempt
 from ..upstream.forward import UpstreamResponse, UpstreamTimeoutError
 from .wire import BUFFER_LIMIT, WireResponse
 
-__all__ = ["SERVER", "Clock", "filter_response_headers", "relay_response", "set_server"]
+__all__ = ["SERVER", "Clock", "filter_response_headers", "relay_response"]
 
 #: The `Server` value of relayed responses under `server.server_header: replace`.
 SERVER: Final = "aiogate"
 
 _RESPONSE_DROP: Final = HOP_BY_HOP | GATEWAY_RESPONSE_HEADERS
+#: The same when the backend's `Server` is replaced (`server.server_header: replace`).
+_RESPONSE_DROP_SERVER: Final = _RESPONSE_DROP | {"server"}
 
 #: The event loop's clock (`loop.time`), the one the pool and its breakers run on.
 Clock = Callable[[], float]
@@ -38,15 +40,20 @@ _Prepare = Callable[[], Awaitable[None]]
 
 
 def filter_response_headers(
-    headers: list[tuple[str, str]], extra: frozenset[str] = frozenset()
+    headers: list[tuple[str, str]],
+    extra: frozenset[str] = frozenset(),
+    *,
+    server: str | None = None,
 ) -> list[tuple[str, str]]:
     """End-to-end response headers, as pairs (aiohttp builds its multidict from them once).
 
-    `extra`: lower-case names a stage replaces or removes (CORS, transform).
+    `extra`: lower-case names a stage replaces or removes (CORS, transform). `server`: the
+    `Server` value that replaces the backend's (None: the backend's passes).
     """
     kept = []
     named: list[str] = []
-    drop = _RESPONSE_DROP | extra if extra else _RESPONSE_DROP
+    base = _RESPONSE_DROP if server is None else _RESPONSE_DROP_SERVER
+    drop = base | extra if extra else base
     for name, value in headers:
         lowered = name.lower()
         if lowered in drop:
@@ -56,8 +63,12 @@ def filter_response_headers(
         kept.append((lowered, name, value))
     if named:
         tokens = set().union(*(connection_tokens(v) for v in named))
-        return [(name, value) for lowered, name, value in kept if lowered not in tokens]
-    return [(name, value) for _, name, value in kept]
+        pairs = [(name, value) for lowered, name, value in kept if lowered not in tokens]
+    else:
+        pairs = [(name, value) for _, name, value in kept]
+    if server is not None:
+        pairs.append(("Server", server))
+    return pairs
 
 
 async def _prepare_relayed_headers(response: web.StreamResponse, prepare: _Prepare) -> None:
@@ -100,14 +111,6 @@ def apply_response_edits(ctx: RequestContext, status: int, headers: list[tuple[s
     return status
 
 
-def set_server(headers: list[tuple[str, str]], server: str | None) -> None:
-    """Replace the upstream's `Server` with `server` (None: `server_header: pass`)."""
-    if server is None:
-        return
-    headers[:] = [pair for pair in headers if pair[0].lower() != "server"]
-    headers.append(("Server", server))
-
-
 async def relay_response(
     ctx: RequestContext,
     upstream: UpstreamResponse,
@@ -124,8 +127,7 @@ async def relay_response(
     """
     request = ctx.request
     try:
-        headers = filter_response_headers(upstream.headers, ctx.response_drop)
-        set_server(headers, server)
+        headers = filter_response_headers(upstream.headers, ctx.response_drop, server=server)
         headers.append(("X-Request-ID", ctx.request_id))
         headers += ctx.response_headers
         status, reason = upstream.status, upstream.reason or None
