@@ -22,7 +22,12 @@ from pydantic import (
 from ._base import Model, fail, one_or_many
 from .units import Duration
 
-__all__ = ["ConsulDiscoveryConfig", "DiscoveryConfig", "EtcdDiscoveryConfig"]
+__all__ = [
+    "ConsulDiscoveryConfig",
+    "DiscoveryConfig",
+    "EtcdClientSettings",
+    "EtcdDiscoveryConfig",
+]
 
 
 def _endpoint_issue(value: str, what: str = "etcd endpoint") -> str | None:
@@ -42,24 +47,15 @@ def _endpoint_issue(value: str, what: str = "etcd endpoint") -> str | None:
     return None
 
 
-class EtcdDiscoveryConfig(Model):
-    """Backends registered in etcd (v3) under a key prefix, one key per backend.
+class EtcdClientSettings(Model):
+    """How to reach an etcd (v3) cluster: shared by etcd discovery and the etcd config source."""
 
-    A key's value is a backend URL or JSON `{"url": ..., "weight": ...}`; keys attached to a
-    lease disappear with it, and the backend with them.
-    """
-
-    type: Literal["etcd"] = "etcd"
     #: Members of the etcd cluster (client URLs); tried in turn until one answers.
     endpoints: Annotated[tuple[str, ...], BeforeValidator(one_or_many), Field(min_length=1)] = (
         "http://127.0.0.1:2379",
     )
-    #: Every key under it is one backend, e.g. `/services/user-service/`.
-    prefix: str = Field(min_length=1)
     #: Each request to etcd, and how long the start waits for the first read.
     timeout: Annotated[Duration, Field(gt=0)] = 2.0
-    #: Changes arriving within this long of each other are applied as one new backend set.
-    debounce: Annotated[Duration, Field(ge=0)] = 0.2
     #: Reconnect back-off: starts at `backoff`, doubles up to `max_backoff` (with jitter).
     backoff: Annotated[Duration, Field(gt=0)] = 0.25
     max_backoff: Annotated[Duration, Field(gt=0)] = 5.0
@@ -74,6 +70,20 @@ class EtcdDiscoveryConfig(Model):
             if issue is not None:
                 fail(issue, index)
         return tuple(item.rstrip("/") for item in value)
+
+
+class EtcdDiscoveryConfig(EtcdClientSettings):
+    """Backends registered in etcd (v3) under a key prefix, one key per backend.
+
+    A key's value is a backend URL or JSON `{"url": ..., "weight": ...}`; keys attached to a
+    lease disappear with it, and the backend with them.
+    """
+
+    type: Literal["etcd"] = "etcd"
+    #: Every key under it is one backend, e.g. `/services/user-service/`.
+    prefix: str = Field(min_length=1)
+    #: Changes arriving within this long of each other are applied as one new backend set.
+    debounce: Annotated[Duration, Field(ge=0)] = 0.2
 
     @field_validator("prefix")
     @classmethod

@@ -7,13 +7,10 @@ reload whenever it changes.
 
 from __future__ import annotations
 
-from typing import Annotated
+from pydantic import Field, model_validator
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
-
-from ._base import Model, fail, one_or_many
-from ._discovery import _endpoint_issue
-from .units import Duration
+from ._base import Model, fail
+from ._discovery import EtcdClientSettings
 
 __all__ = ["ConfigSourceConfig", "EtcdConfigSource", "SOURCE_SECTIONS"]
 
@@ -21,31 +18,11 @@ __all__ = ["ConfigSourceConfig", "EtcdConfigSource", "SOURCE_SECTIONS"]
 SOURCE_SECTIONS = ("routes", "upstreams")
 
 
-class EtcdConfigSource(Model):
+class EtcdConfigSource(EtcdClientSettings):
     """One etcd (v3) key whose value is YAML (or JSON) with `routes:` and `upstreams:`."""
 
-    #: Members of the etcd cluster (client URLs); tried in turn until one answers.
-    endpoints: Annotated[tuple[str, ...], BeforeValidator(one_or_many), Field(min_length=1)] = (
-        "http://127.0.0.1:2379",
-    )
     #: The key itself (not a prefix), e.g. `/aiogate/config`.
     key: str = Field(min_length=1)
-    #: Each request to etcd, and how long the start waits for the first read.
-    timeout: Annotated[Duration, Field(gt=0)] = 2.0
-    #: Reconnect back-off: starts at `backoff`, doubles up to `max_backoff` (with jitter).
-    backoff: Annotated[Duration, Field(gt=0)] = 0.25
-    max_backoff: Annotated[Duration, Field(gt=0)] = 5.0
-    #: While watching, etcd is asked for its status this often; no answer -> reconnect.
-    keepalive: Annotated[Duration, Field(gt=0)] = 10.0
-
-    @field_validator("endpoints")
-    @classmethod
-    def _endpoints(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for index, item in enumerate(value):
-            issue = _endpoint_issue(item)
-            if issue is not None:
-                fail(issue, index)
-        return tuple(item.rstrip("/") for item in value)
 
     @model_validator(mode="after")
     def _ordered(self) -> EtcdConfigSource:
