@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -181,6 +183,15 @@ def etcd_watchers(etcd: EtcdServer) -> float:
     raise AssertionError("etcd_debugging_mvcc_watcher_total not in etcd's metrics")
 
 
+def source_copy(worker: int) -> Path:
+    """The supervisor's copy of etcd's value, as a worker's environment names it."""
+    for entry in Path(f"/proc/{worker}/environ").read_bytes().split(b"\0"):
+        name, _, value = entry.partition(b"=")
+        if name == b"AIOGATE_SOURCE_FILE":
+            return Path(value.decode())
+    raise AssertionError("AIOGATE_SOURCE_FILE not in the worker's environment")
+
+
 def workers_gateway(
     etcd: EtcdServer, pool: BackendThread, make_gateway: Callable[..., Gateway], **extra: Any
 ) -> Gateway:
@@ -244,6 +255,10 @@ def test_workers_sighup_and_restart_keep_the_last_good_etcd_value(
     gw = workers_gateway(etcd_server, pool, make_gateway)
     etcd_server.put(KEY, "routes: [{path: /bad, upstream: missing}]\n")
     gw.wait_event("config_rejected")
+    # The workers' copy holds the last good value, readable by the gateway's user alone.
+    copy = source_copy(min(worker_pids(gw)))
+    assert stat.S_IMODE(copy.stat().st_mode) == 0o600
+    assert copy.read_text() == etcd_value(pool, "/one", "e1")
 
     # The file changes a section of its own: merged with the last good value, not the bad one.
     config = file_config(etcd_server, pool, routes=[{"path": "/other", "upstream": "filesvc"}])
