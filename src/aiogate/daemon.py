@@ -32,7 +32,7 @@ from .tasks import TaskSet
 from .tls import TlsListener
 from .watch import ConfigWatcher
 from .watchdog import PING, Watchdog, watchdog_timeout, worker_ping
-from .worker_env import HOSTVIEW_ENV
+from .worker_env import HOSTVIEW_ENV, SOURCE_ENV
 
 __all__ = ["Daemon", "bind_socket"]
 
@@ -86,6 +86,9 @@ class Daemon:
             self._host.on_found = self._discovery.receive
         #: Routes and upstreams from etcd (`config_source:`); None without one.
         self._source: EtcdConfigWatcher | None = None
+        #: A worker's copy of etcd's value, kept by the supervisor, which alone watches etcd.
+        copy = os.environ.get(SOURCE_ENV) if worker else None
+        self._source_copy = Path(copy) if copy else None
         # `reload.watch`: the process owning the config watches it; a worker never does.
         self._watcher = (
             None
@@ -260,6 +263,8 @@ class Daemon:
         reloader.loaded_file = file_text
         reloader.source_value = source_value
         reloader.overlay = self._discovery
+        if self._worker:
+            reloader.read_source = lambda: self._read_source_copy(self.config)
         self._discovery.attach(reloader)
         if self._source is not None:
             self._source.start(reloader)
@@ -270,10 +275,13 @@ class Daemon:
     ) -> tuple[GatewayConfig, SourceValue | None]:
         """`config` with etcd's routes and upstreams, if etcd answers within its timeout and
         its value is valid; else `config` as it is (the watch applies etcd's value later)."""
-        if config.config_source is None or self._worker:
+        if config.config_source is None:
             return config, None
-        self._source = EtcdConfigWatcher(config.config_source.etcd)
-        value = await self._source.first_read()
+        if self._worker:
+            value = await asyncio.to_thread(self._read_source_copy, config)
+        else:
+            self._source = EtcdConfigWatcher(config.config_source.etcd)
+            value = await self._source.first_read()
         if value is None:
             return config, None
         try:
@@ -289,6 +297,17 @@ class Daemon:
             )
             return config, None
         return merged, value
+
+    def _read_source_copy(self, running: GatewayConfig) -> SourceValue | None:
+        """A worker's: the value its supervisor last accepted from etcd, named as a watcher
+        names it (errors read the same); None without one."""
+        if self._source_copy is None or running.config_source is None:
+            return None
+        try:
+            raw = self._source_copy.read_bytes()
+        except FileNotFoundError:
+            return None  # the key is absent, or etcd was never read
+        return SourceValue(running.config_source.etcd.name, raw)
 
     async def _sync_source(self) -> None:
         """A reload may add, change or drop `config_source:`: watch what the new config says."""

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -96,6 +97,9 @@ class Reloader:
         self.source_value: SourceValue | None = None
         #: The TLS listener whose certificate a reload re-reads (None: plain HTTP).
         self.tls: TlsListener | None = None
+        #: A worker's: reads the value its supervisor (which watches etcd for the host) last
+        #: accepted; each reload merges that instead of `source_value`.
+        self.read_source: Callable[[], SourceValue | None] | None = None
 
     @property
     def closed(self) -> bool:
@@ -108,7 +112,13 @@ class Reloader:
             if self._closed:
                 return self._shutting_down()
             text = raw if raw is not None else await asyncio.to_thread(self._read_file)
-            outcome = await self._reload(text, self.source_value, origin="file")
+            source, origin = self.source_value, "file"
+            if self.read_source is not None:
+                source = await asyncio.to_thread(self.read_source)
+                # Told by SIGHUP either way: the event says which of the two changed.
+                if text == self.file_text and source != self.source_value:
+                    origin = "etcd"
+            outcome = await self._reload(text, source, origin=origin)
             if outcome.applied:
                 self.loaded_file = text if raw is None else None
             return outcome

@@ -6,6 +6,9 @@ the parent owns, exactly as a single process would speak to systemd. The parent 
 messages for systemd, runs the admin listener (metrics aggregated through prometheus_client's
 multiprocess mode), forwards SIGHUP/SIGTERM, and restarts a worker that dies.
 
+It also watches the config source (`config_source:`, etcd) for the host: each value it accepts
+goes to a second private copy the workers merge on every SIGHUP, exactly like a file reload.
+
 It also owns the host view (hostview/, ADR 0017): the host's one opinion of every backend.
 Active health checks and discovery run here, once per host; workers follow the result over a
 Unix socket and report their attempts' outcomes, which the host's breakers judge.
@@ -27,7 +30,15 @@ from aiohttp import web
 
 from . import log, sdnotify
 from .admin import ReloadOutcome, make_admin_app
-from .config import ConfigError, ConfigIssue, GatewayConfig, load_config, loaded_source
+from .config import (
+    ConfigError,
+    ConfigIssue,
+    GatewayConfig,
+    SourceValue,
+    load_config,
+    loaded_source,
+)
+from .configsource import EtcdConfigWatcher
 from .discovery import Discovery
 from .hostview.host import HostView
 from .listeners import ListenError, start_site
@@ -36,7 +47,7 @@ from .reload import configure_logging
 from .tasks import TaskSet
 from .watch import ConfigWatcher
 from .watchdog import WATCHDOG_USEC, Watchdog, pinging_worker, watchdog_timeout
-from .worker_env import HOSTVIEW_ENV, WORKER_ENV
+from .worker_env import HOSTVIEW_ENV, SOURCE_ENV, WORKER_ENV
 
 __all__ = ["Supervisor"]
 
@@ -80,6 +91,12 @@ class Supervisor:
         #: Whether `_accepted_text` is the file's (not a PUT /admin/config body): the watcher's
         #: baseline then.
         self._accepted_file = False
+        #: The last good value of the config source (etcd) and the workers' copy of it (absent
+        #: while there is none); every reload merges it, as a single process's Reloader does.
+        self._accepted_source = self._dir / "accepted-source.yaml"
+        self._source_value: SourceValue | None = None
+        #: The host's one watch of the config source; None without `config_source:`.
+        self._source: EtcdConfigWatcher | None = None
         # `reload.watch`: the parent watches and reloads; its workers follow by SIGHUP.
         self._watcher = ConfigWatcher(
             config_path,
@@ -129,31 +146,66 @@ class Supervisor:
                 if not self.draining:  # never READY=1 after STOPPING=1
                     sdnotify.ready()
         await self._watcher.sync()  # the new config may switch watching on or off
+        await self._sync_source()
         return outcome
 
+    async def apply_source(self, value: SourceValue | None) -> ReloadOutcome:
+        """The config source changed (`None`: its key was deleted): merge it over the running
+        file config and reload the workers with it, like a file reload; if it is invalid, or a
+        worker rejects it, the running config and the last good value stay."""
+        async with self._lock:
+            if self.draining:
+                return ReloadOutcome(False, self._generation, ("the gateway is shutting down",))
+            text = self._accepted_text
+            try:
+                config = await asyncio.to_thread(load_config, self._path, raw=text, source=value)
+            except ConfigError as exc:
+                return self._invalid(exc, "etcd")
+            return await self._apply(config, text, value, "etcd", from_file=self._accepted_file)
+
     async def _reload(self, raw: bytes | None) -> ReloadOutcome:
+        source = self._source_value  # the new file is merged with the last good value
         try:
             if raw is None:
-                config, text = await asyncio.to_thread(self._load_stable)
+                config, text = await asyncio.to_thread(self._load_stable, source)
             else:
-                config = await asyncio.to_thread(load_config, self._path, raw=raw)
+                config = await asyncio.to_thread(load_config, self._path, raw=raw, source=source)
                 text = raw
         except ConfigError as exc:
-            errors = tuple(str(i) for i in exc.issues)
-            CONFIG_RELOADS.labels("rejected").inc()  # the parent counts; workers do not
-            log.get_logger("aiogate.reload").error(
-                log.CONFIG_REJECTED, path=str(self._path), errors=list(errors)
-            )
-            return ReloadOutcome(False, self._generation, errors)
+            return self._invalid(exc, "file")
+        return await self._apply(config, text, source, "file", from_file=raw is None)
+
+    def _invalid(self, exc: ConfigError, origin: str) -> ReloadOutcome:
+        errors = tuple(str(i) for i in exc.issues)
+        CONFIG_RELOADS.labels("rejected").inc()  # the parent counts; workers do not
+        log.get_logger("aiogate.reload").error(
+            log.CONFIG_REJECTED, source=origin, path=str(self._path), errors=list(errors)
+        )
+        return ReloadOutcome(False, self._generation, errors)
+
+    async def _apply(
+        self,
+        config: GatewayConfig,
+        text: bytes,
+        source: SourceValue | None,
+        origin: str,
+        *,
+        from_file: bool,
+    ) -> ReloadOutcome:
+        """Have every worker load `text` merged with `source` (validated as `config`)."""
+        # Without `config_source:` a value means nothing; dropping it keeps the workers, which
+        # name the value by their running config's key, merging exactly what this process does.
+        if config.config_source is None:
+            source = None
         # A config can validate here and still fail to build in the workers (a CA file that is
-        # no PEM bundle, say). The workers read the copy, so it holds the candidate while they
-        # reload; it is put back unless every one of them applied it, so that a worker
+        # no PEM bundle, say). The workers read the copies, so they hold the candidate while
+        # they reload; both are put back unless every one of them applied it, so that a worker
         # restarted later never loads a config its siblings rejected.
-        previous = self._accepted_text
-        await asyncio.to_thread(self._write_copy, text)
+        previous = self._accepted_text, self._source_value
+        await asyncio.to_thread(self._write_copies, text, source)
         applied, reasons = await self._ask_workers(list(self._workers.values()))
         if reasons:
-            await asyncio.to_thread(self._write_copy, previous)
+            await asyncio.to_thread(self._write_copies, *previous)
             if applied:  # back to the config their siblings still serve
                 _, failed = await self._ask_workers(applied)
                 if failed:
@@ -162,15 +214,16 @@ class Supervisor:
                     )
             CONFIG_RELOADS.labels("rejected").inc()
             log.get_logger("aiogate.reload").error(
-                log.CONFIG_REJECTED, path=str(self._path), errors=reasons
+                log.CONFIG_REJECTED, source=origin, path=str(self._path), errors=reasons
             )
             return ReloadOutcome(False, self._generation, tuple(reasons))
         self._config = config
         self._generation += 1
         CONFIG_RELOADS.labels("applied").inc()
         self._accepted_text = text
-        self._accepted_file = raw is None
-        config_loaded(text)
+        self._accepted_file = from_file
+        self._source_value = source
+        config_loaded(text + (source.raw if source is not None else b""))
         configure_logging(config)
         self._discovery.applied(config)
         self._host.apply(self._discovery.apply(config), self._found())
@@ -233,10 +286,10 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), remaining)
 
-    def _load_stable(self) -> tuple[GatewayConfig, bytes]:
-        """Validate the file and return the exact bytes that were validated."""
+    def _load_stable(self, source: SourceValue | None) -> tuple[GatewayConfig, bytes]:
+        """Validate the file (merged with `source`) and return the exact bytes validated."""
         before = self._path.read_bytes() if self._path.exists() else b""
-        config = load_config(self._path)
+        config = load_config(self._path, source=source)
         if self._path.read_bytes() != before:
             message = "the file changed while it was being validated; reload again"
             raise ConfigError([ConfigIssue(str(self._path), 1, 1, message)])
@@ -258,6 +311,74 @@ class Supervisor:
         staging = self._accepted.with_suffix(".tmp")
         staging.write_bytes(text)
         staging.replace(self._accepted)
+
+    def _write_copies(self, text: bytes, source: SourceValue | None) -> None:
+        self._write_copy(text)
+        self._write_source_copy(source)
+
+    def _write_source_copy(self, source: SourceValue | None) -> None:
+        if source is None:
+            self._accepted_source.unlink(missing_ok=True)
+            return
+        # Only this process and its workers (same user) may read what etcd holds.
+        staging = self._accepted_source.with_suffix(".tmp")
+        staging.unlink(missing_ok=True)
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(source.raw)
+        staging.replace(self._accepted_source)
+
+    # -- the config source -----------------------------------------------------------------
+    async def _start_source(self) -> None:
+        """etcd's value merged before any worker starts, so their first requests use it (if
+        etcd answers within its timeout and the value is valid; else the watch applies it)."""
+        wanted = self._config.config_source
+        if wanted is None:
+            return
+        self._source = EtcdConfigWatcher(wanted.etcd)
+        value = await self._source.first_read()
+        if value is None:
+            return
+        text = self._accepted_text
+        try:
+            config = await asyncio.to_thread(load_config, self._path, raw=text, source=value)
+        except ConfigError as exc:
+            log.get_logger("aiogate.reload").error(
+                log.CONFIG_REJECTED,
+                source="etcd",
+                path=str(self._path),
+                errors=[str(issue) for issue in exc.issues],
+            )
+            return
+        self._config = config
+        self._source_value = value
+        await asyncio.to_thread(self._write_source_copy, value)
+        config_loaded(text + value.raw)
+
+    async def _start_watching(self) -> None:
+        """The file and etcd, once the workers can take a SIGHUP: a change to the key made
+        since the first read is applied now (the watcher reads it again before watching)."""
+        if self._source is not None:
+            self._source.start(self)
+        await self._watcher.sync()
+
+    async def _stop_watching(self) -> None:
+        await self._watcher.close()
+        if self._source is not None:
+            await self._source.close()
+
+    async def _sync_source(self) -> None:
+        """A reload may add, change or drop `config_source:`: watch what the new config says."""
+        wanted = self._config.config_source
+        settings = wanted.etcd if wanted is not None else None
+        if self._source is not None and self._source.settings == settings:
+            return
+        if self._source is not None:
+            await self._source.close()
+            self._source = None
+        if settings is not None and not self.draining:
+            self._source = EtcdConfigWatcher(settings, running=self._source_value)
+            self._source.start(self)
 
     # -- worker messages -------------------------------------------------------------------
     def on_worker_message(self, message: str) -> None:
@@ -289,11 +410,10 @@ class Supervisor:
         # otherwise every worker would die on bind and be restarted forever.
         _check_bindable(self._config.server.host, self._config.server.port)
         self._accept_loaded()
+        await self._start_source()
         notify_path, transport = await self._open_notify_socket(loop)
         await self._start_host_view()
-        env = dict(os.environ, NOTIFY_SOCKET=notify_path)
-        env[HOSTVIEW_ENV] = str(self._host.socket_path)
-        env.pop("WATCHDOG_PID", None)  # systemd's is ours; a worker pings us instead
+        env = self._worker_env(notify_path)
         watchdog = None
         if self._watchdog_timeout is not None:
             env[WATCHDOG_USEC] = str(int(self._watchdog_timeout * 1_000_000))
@@ -320,9 +440,9 @@ class Supervisor:
             )
         except TimeoutError:
             logger.error(log.WORKERS_NOT_READY, workers=self._count)
-        await self._watcher.sync()
+        await self._start_watching()
         await self._stop.wait()
-        await self._watcher.close()
+        await self._stop_watching()
 
         sdnotify.stopping()
         logger.info(log.SHUTDOWN_STARTED, workers=len(self._workers))
@@ -345,6 +465,13 @@ class Supervisor:
         logger.info(log.SHUTDOWN_COMPLETE)
         log.flush()
         return 0
+
+    def _worker_env(self, notify_path: str) -> dict[str, str]:
+        env = dict(os.environ, NOTIFY_SOCKET=notify_path)
+        env[HOSTVIEW_ENV] = str(self._host.socket_path)
+        env[SOURCE_ENV] = str(self._accepted_source)
+        env.pop("WATCHDOG_PID", None)  # systemd's is ours; a worker pings us instead
+        return env
 
     async def _open_notify_socket(
         self, loop: asyncio.AbstractEventLoop

@@ -225,13 +225,6 @@ class GatewayConfig(Model):
     @model_validator(mode="after")
     def _references(self, info: ValidationInfo) -> GatewayConfig:
         self._upstreams_by_name = {upstream.name: upstream for upstream in self.upstreams}
-        if self.config_source is not None and self.server.workers > 1:
-            # The workers would each have to watch and agree on every change; not yet.
-            fail(
-                "needs server.workers: 1 (etcd as a config source is not supported with"
-                " several workers yet)",
-                "config_source",
-            )
         if info.context and info.context.get(SKIP_REFERENCE_CHECKS):
             return self
         issues = reference_issues(
