@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 # Debian packages the test suite and the benchmark use as real peers (prometheus brings
 # promtool for the alert-rule tests, systemd brings systemd-analyze for the unit check).
-TEST_DEBS := redis-server etcd-server prometheus systemd nginx-light
+TEST_DEBS := redis-server etcd-server prometheus systemd nginx-light curl openssl
 # The benchmark runs whatever nginx is installed (a distro nginx, nginx-core/-full, nginx.org's
 # package, a build in /usr/local): nginx-light is installed only when there is none.
 NGINX_BIN := $(shell command -v nginx 2>/dev/null || ls /usr/sbin/nginx /usr/local/sbin/nginx 2>/dev/null | head -n1)
