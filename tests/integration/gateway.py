@@ -83,7 +83,13 @@ class Gateway:
         threading.Thread(
             target=self._pump, args=(self.proc.stderr, self.stderr), daemon=True
         ).start()
-        wait_until(self._ready, timeout, "gateway /readyz")
+        try:
+            wait_until(self._ready, timeout, "gateway /readyz")
+        except BaseException:
+            # Never ready: stop it here, since no fixture holds it yet (a test that fails at
+            # start-up must not leave a gateway and its workers running).
+            self.stop()
+            raise
         return self
 
     @staticmethod
