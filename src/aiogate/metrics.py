@@ -133,7 +133,8 @@ BACKEND_HEALTHY: Final = Gauge(
 )
 UPSTREAM_RETRIES: Final = Counter(
     "aiogate_upstream_retries_total",
-    "Upstream attempts after the first, by upstream and reason (connect, timeout, status); "
+    "Upstream attempts after the first, by upstream and reason (connect, reset, timeout, "
+    "broken, status); "
     "`budget_exhausted` counts retries the retry budget refused (too many retries in flight).",
     ["upstream", "reason"],
 )

@@ -24,6 +24,7 @@ from ..errors import BadGateway, GatewayError, GatewayTimeout, ServiceUnavailabl
 from ..metrics import UPSTREAM_RETRIES, RequestRecorder
 from ..upstream.attempt import Attempt
 from ..upstream.backend import Backend
+from ..upstream.errors import UpstreamClosedError
 from ..upstream.forward import (
     RequestBody,
     UpstreamConnectError,
@@ -295,6 +296,16 @@ class Proxy:
         )  # fmt: skip
         if isinstance(exc, UpstreamConnectError):
             return BadGateway(f"upstream {name!r} is unreachable"), "connect", False
+        if isinstance(exc, UpstreamClosedError):
+            # Closed or reset before a single response byte: the backend died or restarted.
+            return (
+                BadGateway(
+                    f"upstream {name!r} closed the connection before answering",
+                    code="bad_upstream_response",
+                ),
+                "reset",
+                True,
+            )
         # UpstreamProtocolError and socket errors mid-exchange
         return (
             BadGateway(f"upstream {name!r} sent an invalid response", code="bad_upstream_response"),
@@ -321,6 +332,13 @@ class Proxy:
                 return False
             if reason == "timeout" and not self._retries.on_timeout:
                 return False
+            if reason == "reset":
+                # A backend that died with requests in flight resets them all in the same
+                # instant; an idempotent request is safe to repeat and its repeat goes to
+                # another backend, so, like a connect failure, the budget never refuses it
+                # (it still counts as a retry in flight; `attempts` still bounds it).
+                lease.start_retry(force=True)
+                return True
             if not lease.start_retry():
                 self._count_retry("budget_exhausted")
                 return False

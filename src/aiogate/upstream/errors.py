@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "UpstreamClosedError",
     "UpstreamConnectError",
     "UpstreamError",
     "UpstreamProtocolError",
@@ -24,6 +25,11 @@ class UpstreamTimeoutError(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     """Malformed or unsupported response, or the upstream closed too early: 502."""
+
+
+class UpstreamClosedError(UpstreamProtocolError):
+    """The upstream closed (or reset) a fresh connection before a single response byte: the
+    signature of a backend that died or restarted with the request in flight."""
 
 
 class _StaleConnectionError(UpstreamProtocolError):

@@ -20,6 +20,7 @@ from typing import Final, Protocol, cast
 import httptools
 
 from .errors import (
+    UpstreamClosedError,
     UpstreamError,
     UpstreamProtocolError,
     UpstreamTimeoutError,
@@ -588,6 +589,11 @@ class Http1Connection(asyncio.Protocol):
                 self._finish(False)
         elif self._exchanges > 1 and not self._got_bytes:
             self._fail(_StaleConnectionError("reused upstream connection closed before answering"))
+        elif not self._got_bytes:
+            detail = f": {exc}" if exc is not None else ""
+            self._fail(
+                UpstreamClosedError(f"upstream closed the connection before answering{detail}")
+            )
         else:
             detail = f": {exc}" if exc is not None else ""
             self._fail(

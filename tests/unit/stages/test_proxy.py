@@ -21,7 +21,11 @@ from aiogate.context import RequestContext
 from aiogate.errors import BadGateway, BadRequest, UpstreamBodyBroken
 from aiogate.metrics import RequestRecorder
 from aiogate.stages.proxy import Proxy
-from aiogate.upstream.errors import UpstreamConnectError, UpstreamProtocolError
+from aiogate.upstream.errors import (
+    UpstreamClosedError,
+    UpstreamConnectError,
+    UpstreamProtocolError,
+)
 from aiogate.upstream.head import RequestBody
 from aiogate.upstream.pool import Backend, UpstreamPool
 
@@ -212,6 +216,28 @@ async def test_a_connect_error_is_retried_elsewhere_even_with_the_budget_full() 
     assert [len(fake.sent) for fake in fakes] == [1, 1]
     assert [failures(b) for b in pool.backends] == [1, 0]
     assert (budget.requests, budget.retries) == (0, 0)
+
+
+@pytest.mark.parametrize(("method", "retried"), [("GET", True), ("PUT", True), ("POST", False)])
+async def test_a_reset_before_any_answer_is_retried_for_idempotent_methods_despite_the_budget(
+    method: str, retried: bool
+) -> None:
+    """A backend killed with requests in flight resets them all at once: an idempotent request
+    is repeated on the other backend even with the budget full; a POST (the backend may have
+    acted on it) is not."""
+    reset = UpstreamClosedError("upstream closed the connection before answering")
+    proxy, _, fakes = make_proxy(
+        reset, backends=2,
+        retries={"attempts": 1, "base_delay": "0s", "budget": 0, "min_retry_concurrency": 0},
+    )  # fmt: skip
+    fakes[1].responses = [FakeResponse(200)]
+    if retried:
+        assert (await proxy(context(method))).status == 200
+    else:
+        with pytest.raises(BadGateway, match="closed the connection before answering"):
+            await proxy(context(method))
+    assert [len(fake.sent) for fake in fakes] == ([1, 1] if retried else [1, 0])
+    assert (proxy._budget.requests, proxy._budget.retries) == (0, 0)
 
 
 async def test_budget_counts_are_given_back_when_the_request_raises() -> None:
