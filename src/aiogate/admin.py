@@ -47,8 +47,6 @@ class AdminController(Protocol):
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: The largest config `PUT /admin/config` takes (a config of thousands of routes is < 1 MiB).
 _MAX_CONFIG_BYTES: Final = 16 * 1024 * 1024
-#: How a config sent to `PUT /admin/config` is named in its errors (they give line:col only).
-_PUT_SOURCE: Final = "<request body>"
 
 
 def _json(data: object, status: int = 200) -> web.Response:
@@ -115,7 +113,9 @@ def make_admin_app(
     async def put_config(request: web.Request) -> web.Response:
         raw = await request.read()
         try:
-            await asyncio.to_thread(load_config, _PUT_SOURCE, raw=raw)
+            # Validated as if it were the config file (a relative `${file:}` resolves from the
+            # file's folder, as it will when applied); the errors give line:col only.
+            await asyncio.to_thread(load_config, controller.config_path, raw=raw)
         except ConfigError as exc:
             errors = [f"{issue.line}:{issue.col}: {issue.message}" for issue in exc.issues]
             return _json(
