@@ -40,6 +40,8 @@ from .tunnel import Tunnel
 __all__ = ["ConnectionFactory", "GatewayConnection"]
 
 _LINGER_AFTER_408: Final = 1.0
+#: The most pieces one read is cut into around request heads (see `data_received`).
+_MAX_PIECES: Final = 17
 # Created up front so the series exists (at 0) before the first refusal: rate() needs it.
 _REFUSED_MAX_CONNECTIONS: Final = CONNECTIONS_REFUSED.labels("max_connections")
 
@@ -90,7 +92,6 @@ class GatewayConnection(RequestHandler):
         "_listener",
         "_refused",
         "_seen_bytes",
-        "_split_heads",
         "_tunnel",
     )
 
@@ -104,8 +105,6 @@ class GatewayConnection(RequestHandler):
         self._seen_bytes = False
         self._lingering = False
         self._refused = False
-        # Set once this connection sent something that looks like an upgrade (see data_received).
-        self._split_heads = False
         # The body being received (the newest request's, until its end) and its clock.
         self._body: StreamReader | None = None
         self._body_watch: BodyWatch | None = None
@@ -188,13 +187,17 @@ class GatewayConnection(RequestHandler):
             # Before parsing: these bytes are (mostly) the body's, and parsing may end it.
             self._body_watch.arrived(self._loop.time())
         queued = len(self._messages)
-        split = self._split_heads or b"pgrade" in data or b"PGRADE" in data
+        split = b"pgrade" in data or b"PGRADE" in data
         if split:
             # An `Upgrade` header or `Connection: upgrade` may be here. llhttp stops at the
             # end of such a request and aiohttp drops the rest of the bytes it was given, so a
             # request pipelined behind it would be lost: feed the parser one head at a time.
-            self._split_heads = True
-            for piece in after_each_head(data):
+            # Bounded: a read full of blank lines (a body, say) is cut at most
+            # `_MAX_PIECES - 1` times; past that nothing is promised, and an upgrade found
+            # there closes the connection after its answer (see below).
+            pieces = after_each_head(data, _MAX_PIECES)
+            split = len(pieces) < _MAX_PIECES
+            for piece in pieces:
                 super().data_received(piece)
         else:
             super().data_received(data)
@@ -395,13 +398,13 @@ class GatewayConnection(RequestHandler):
         )
 
 
-def after_each_head(data: bytes) -> list[bytes]:
-    """`data` cut right after every blank line that may end a request head (any split is
-    valid input for an incremental parser; these make a request that stops llhttp end a
-    piece, so nothing after it is dropped)."""
-    pieces = []
+def after_each_head(data: bytes, most: int = 1 << 30) -> list[bytes]:
+    """`data` cut right after every blank line that may end a request head, into at most
+    `most` pieces (any split is valid input for an incremental parser; these make a request
+    that stops llhttp end a piece, so nothing after it is dropped)."""
+    pieces: list[bytes] = []
     start = 0
-    while (end := data.find(b"\r\n\r\n", start)) >= 0:
+    while len(pieces) < most - 1 and (end := data.find(b"\r\n\r\n", start)) >= 0:
         pieces.append(data[start : end + 4])
         start = end + 4
     if start < len(data):

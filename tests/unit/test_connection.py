@@ -18,3 +18,12 @@ from aiogate.connection import after_each_head
 def test_after_each_head_cuts_after_every_blank_line(data: bytes, pieces: list[bytes]) -> None:
     assert after_each_head(data) == pieces
     assert b"".join(after_each_head(data)) == data
+
+
+def test_after_each_head_cuts_at_most_into_the_pieces_asked() -> None:
+    """A read full of blank lines (a body) is not cut into thousands of parser calls."""
+    data = b"\r\n\r\n" * 10_000
+    pieces = after_each_head(data, 17)
+    assert len(pieces) == 17
+    assert b"".join(pieces) == data
+    assert pieces[:16] == [b"\r\n\r\n"] * 16
