@@ -66,7 +66,9 @@ class EtcdConfigWatcher:
         try:
             async with asyncio.timeout(self.settings.timeout * 1.5):
                 _, kv = await self._client.get(self.settings.key)
-        except (EtcdError, TimeoutError) as exc:
+        except (EtcdError, TimeoutError, ValueError, KeyError, AttributeError, TypeError) as exc:
+            # Also an answer that is not etcd's (a wrong endpoint, a proxy's page): etcd is
+            # then as good as down, and the gateway starts from the file.
             self._down(exc, self._client.endpoint, 0.0)
             self._client.rotate()
             return None

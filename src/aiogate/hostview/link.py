@@ -131,7 +131,7 @@ class HostLink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF)
                 continue
-            delay = _MIN_BACKOFF
+            connects = self.connects
             try:
                 await self._follow(reader, writer)
                 reason = "closed by the supervisor"
@@ -141,6 +141,10 @@ class HostLink:
                 self._detach()
                 writer.close()
             logger.warning(log.HOST_LINK_LOST, reason=reason, socket=self._path)
+            # The back-off starts over only after a link that worked (its snapshot was
+            # valid): a supervisor that answers with what this worker cannot read (another
+            # protocol version) is not retried every 50 ms forever.
+            delay = _MIN_BACKOFF if self.connects > connects else min(delay * 2, _MAX_BACKOFF)
             await asyncio.sleep(delay)
 
     async def _follow(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
