@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, MutableSet
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 
 from .metrics import WEBSOCKET_CONNECTIONS
 from .websocket import GOING_AWAY, FrameBoundary, close_frame
+
+#: How long a closing side may take to send what is queued for it: `close()` waits for the
+#: send buffer to drain, which a peer that stops reading (a zero window) would never let
+#: happen, keeping the socket, the connection slot and the gauge forever.
+_CLOSE_GRACE: Final = 5.0
 
 __all__ = ["Tunnel", "TunnelHost", "TunnelResponse"]
 
@@ -36,6 +41,7 @@ class Tunnel:
         "_client",
         "_client_open",
         "_done",
+        "_grace",
         "_idle_timeout",
         "_last",
         "_loop",
@@ -69,6 +75,8 @@ class Tunnel:
         self._route = route
         self._last = self._loop.time()
         self._timer: asyncio.TimerHandle | None = None
+        #: Armed once either side starts closing: what is still open then is aborted.
+        self._grace: asyncio.TimerHandle | None = None
         self._done: asyncio.Future[None] = self._loop.create_future()
         self._registry: MutableSet[Tunnel] | None = None
         # Where frames begin in each direction: a close frame of the gateway's own may only
@@ -150,12 +158,14 @@ class Tunnel:
         """The client's socket closed: the upstream's closes once its pending bytes are out."""
         self._client_open = False
         self._upstream.close()
+        self._arm_grace()
         self._maybe_done()
 
     def upstream_lost(self) -> None:
         self._upstream_open = False
         if self._client is not None:
             self._client.close()
+        self._arm_grace()
         self._maybe_done()
 
     def close_going_away(self) -> None:
@@ -169,6 +179,19 @@ class Tunnel:
         if client is not None:
             client.close()
         self._upstream.close()
+        self._arm_grace()
+
+    def _arm_grace(self) -> None:
+        if self._grace is None and not self._done.done():
+            self._grace = self._loop.call_later(_CLOSE_GRACE, self._drop_what_is_left)
+
+    def _drop_what_is_left(self) -> None:
+        """The grace is over: a side still open (its peer stopped reading) is dropped."""
+        self._grace = None
+        if self._client is not None and self._client_open:
+            self._client.abort()
+        if self._upstream_open:
+            self._upstream.abort()
 
     def abort(self) -> None:
         """Both sockets dropped at once (its owner was cancelled); one already closing (a
@@ -191,6 +214,9 @@ class Tunnel:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         if self._registry is not None:
             self._registry.discard(self)
             WEBSOCKET_CONNECTIONS.labels(self._route).dec()
