@@ -10,7 +10,6 @@ import asyncio
 import datetime
 import http.client
 import json
-import shutil
 import signal
 import socket
 import ssl
@@ -31,6 +30,8 @@ from gateway import Gateway, free_port, wait_until
 from gwconfigs import basic_config
 from metrics_support import scrape
 from wire import access_line, new_id, seen_with
+
+from needs import needs_tool
 
 FAILURES = "aiogate_tls_handshake_failures_total"
 
@@ -152,7 +153,7 @@ def test_https_request_is_proxied_with_forwarded_proto(
     assert access_line(gw, rid)["status"] == 200
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@needs_tool("curl", "curl")
 def test_curl_over_https_with_keep_alive(
     make_gateway: Any, backends: BackendThread, pki: Pki
 ) -> None:
@@ -190,7 +191,7 @@ def test_handshake_that_never_finishes_is_closed_after_header_timeout(
     wait_failure(gw, "timeout")
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+@needs_tool("openssl", "openssl")
 def test_tls_1_1_and_weak_ciphers_are_refused(
     make_gateway: Any, backends: BackendThread, pki: Pki
 ) -> None:
